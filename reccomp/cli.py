@@ -1,0 +1,158 @@
+"""The ``reccomp`` command.
+
+    reccomp fit|validate|test|predict --config configs/X.yaml [--data.root DIR] [--key value ...]
+    reccomp data download NAME --root DIR
+    reccomp data prepare --config configs/X.yaml [--data.root DIR]
+    reccomp data info (--config configs/X.yaml | PREPARED_DIR)
+
+Training runs go through LightningCLI: every key of the YAML can be overridden on the
+command line, a wrong key or type fails before training and names it. Each run prints its
+run directory as the last line; it holds ``config.yaml`` (the resolved config),
+``metrics.json``, ``checkpoints/`` and the CSV logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from reccomp.data.datamodule import RecDataModule
+from reccomp.tasks.base import RecTask
+
+RUN_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _run_name(argv: list[str]) -> str:
+    """The stem of the first ``--config`` file (``runs/<stem>/version_N``), else ``run``."""
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return Path(argv[i + 1]).stem
+        if a.startswith("--config="):
+            return Path(a.split("=", 1)[1]).stem
+    return "run"
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``predictions.csv`` (label, prediction) into the run directory."""
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="epoch")
+
+    def write_on_epoch_end(self, trainer: Trainer, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
+        preds = torch.cat([p.reshape(-1) for p in predictions]).float()
+        labels = torch.cat([b.labels for b in trainer.predict_dataloaders])  # type: ignore[union-attr]
+        out = Path(trainer.log_dir or ".") / "predictions.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w") as f:
+            f.write("label,prediction\n")
+            for y, p in zip(labels.tolist(), preds.tolist(), strict=True):
+                f.write(f"{y:g},{p:.6g}\n")
+        print(f"Wrote {len(preds)} predictions to {out}")
+
+
+class RecCLI(LightningCLI):
+    """LightningCLI wired for reccomp: schema linking, test after fit, metrics.json."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.schema_dict", "model.init_args.schema", apply_on="instantiate")
+
+    # -- results -----------------------------------------------------------------------------
+    def _collect(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in self.trainer.callback_metrics.items():
+            if k.startswith(("val/", "test/", "embeddings/")):
+                x = float(v)
+                out[k] = None if math.isnan(x) else x
+        return out
+
+    def _write_metrics(self, extra: dict[str, Any] | None = None) -> Path:
+        trainer = self.trainer
+        run_dir = Path(trainer.log_dir or ".")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "metrics.json"
+        metrics: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        metrics.update(extra or {})
+        metrics.update(self._collect())
+        path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+        return run_dir
+
+    def _best_ckpt(self) -> str | None:
+        cb = self.trainer.checkpoint_callback
+        if isinstance(cb, ModelCheckpoint):
+            if cb.best_model_path:
+                return cb.best_model_path
+            if cb.last_model_path:
+                return cb.last_model_path
+        return None
+
+    def after_fit(self) -> None:
+        if self.trainer.interrupted:
+            print(self.trainer.log_dir)
+            return
+        ckpt = self._best_ckpt()
+        fast = bool(self.trainer.fast_dev_run)
+        ckpt_arg = None if fast or ckpt is None else ckpt
+        self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=ckpt_arg, verbose=False)
+        val = self._collect()
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_arg)
+        run_dir = self._write_metrics(
+            {**val, "best_checkpoint": ckpt, "epochs": self.trainer.current_epoch}
+        )
+        print(run_dir)
+
+    def after_validate(self) -> None:
+        print(self._write_metrics())
+
+    def after_test(self) -> None:
+        print(self._write_metrics())
+
+    def after_predict(self) -> None:
+        print(Path(self.trainer.log_dir or "."))
+
+
+def run_cli(argv: list[str]) -> RecCLI:
+    name = _run_name(argv)
+    return RecCLI(
+        RecTask,
+        RecDataModule,
+        subclass_mode_model=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": "runs", "name": name},
+            },
+            "callbacks": [PredictionWriter()],
+            "num_sanity_val_steps": 0,
+            # FBGEMM's fused CPU lookups dispatch through autograd: inference_mode skips that
+            # key and finds no CPU kernel, so evaluation runs under no_grad instead
+            "inference_mode": False,
+            "log_every_n_steps": 20,
+        },
+        args=argv,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "data":
+        from reccomp.data.cli import data_main  # noqa: PLC0415
+
+        sys.exit(data_main(argv[1:]))
+    if not argv or argv[0] not in (*RUN_SUBCOMMANDS, "-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if not argv else 2)
+    run_cli(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The Lightning DataModule: prepare once into the cache, then serve batches of tensors.
+
+Example (YAML, under ``data:`` of a run config)::
+
+    data:
+      dataset: ml-100k
+      root: ../shared/datasets/ml-100k
+      task: rating
+      split: {kind: random, fractions: [0.8, 0.1, 0.1], seed: 0}
+      batch_size: 1024
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+
+from reccomp.data.cache import CacheWriter, cache_key, cache_root, is_complete, load_split
+from reccomp.data.loader import (
+    BatchIterator,
+    RetrievalIterator,
+    SplitTensors,
+    user_item_csr,
+)
+from reccomp.data.schema import NUM_SPECIAL_ROWS, TASKS, Schema
+from reccomp.data.sources import PrepareSettings, canonical, prepare_source, source_files
+from reccomp.data.splits import SplitConfig
+
+
+class RecDataModule(pl.LightningDataModule):
+    """Any supported data set, framed as a rating, CTR or retrieval task.
+
+    Args:
+        dataset: ``movielens`` (or a release name such as ``ml-100k``), ``criteo`` (or
+            ``criteo-kaggle``), ``synthetic-movielens`` or ``synthetic-criteo``.
+        root: directory (or file, for Criteo) holding the source files.
+        task: ``rating``, ``ctr`` or ``retrieval``.
+        split: how rows are split (see :class:`~reccomp.data.splits.SplitConfig`).
+        batch_size: training batch size. eval_batch_size: validation / test batch size.
+        min_count: values seen fewer times in training go to the out-of-vocabulary row.
+        side_features: MovieLens user / movie features (gender, age, occupation, zip,
+            genres, year) as extra sparse fields (used when ``fields`` selects them; all
+            fields are used by default for ``ctr``).
+        fields: sparse fields to keep, in order (None: user + item for rating / retrieval,
+            all for ctr).
+        ctr_threshold: a rating >= this is a click (MovieLens CTR).
+        implicit_threshold: a rating >= this is a positive (retrieval); None = every rating.
+        strict: malformed input lines are fatal instead of skipped and counted.
+        synthetic: keyword arguments of the synthetic generator (sizes, seed).
+        cache_dir: cache root (default ``$RECCOMP_CACHE`` or ``~/.cache/reccomp``).
+        shuffle_seed: seed of the per-epoch shuffling of the training split.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic-movielens",
+        root: str | None = None,
+        task: str = "rating",
+        split: SplitConfig | None = None,
+        batch_size: int = 1024,
+        eval_batch_size: int = 8192,
+        min_count: int = 1,
+        side_features: bool = True,
+        fields: list[str] | None = None,
+        ctr_threshold: float = 4.0,
+        implicit_threshold: float | None = None,
+        strict: bool = False,
+        synthetic: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+        shuffle_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        canonical(dataset)  # fail early on an unknown name
+        if task not in TASKS:
+            raise ValueError(f"data.task must be one of {TASKS}, got {task!r}")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError("data.batch_size and data.eval_batch_size must be >= 1")
+        self.dataset = dataset
+        self.root = root
+        self.task = task
+        self.split = split or SplitConfig()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.settings = PrepareSettings(
+            dataset=dataset,
+            task=task,
+            split=self.split,
+            min_count=min_count,
+            side_features=side_features,
+            fields=fields,
+            ctr_threshold=ctr_threshold,
+            implicit_threshold=implicit_threshold,
+            strict=strict,
+            synthetic=synthetic,
+        )
+        self.cache_dir = cache_dir
+        self.shuffle_seed = shuffle_seed
+        self.schema_: Schema | None = None
+        self.tensors_: dict[str, SplitTensors] = {}
+
+    # -- preparation -------------------------------------------------------------------------
+    def prepared_dir(self) -> Path:
+        root = Path(self.root) if self.root is not None else None
+        files = source_files(self.dataset, root)
+        settings = dataclasses.asdict(self.settings)
+        if canonical(self.dataset) == "criteo":  # strict / side features do not change its arrays
+            settings.pop("side_features")
+        key = cache_key(canonical(self.dataset), files, settings)
+        return cache_root(self.cache_dir) / f"{self.dataset}-{self.task}-{key}"
+
+    def prepare(self, verbose: bool = True) -> Schema:
+        """Prepare into the cache once (or reuse it) and return the schema."""
+        if self.schema_ is not None:
+            return self.schema_
+        out = self.prepared_dir()
+        if is_complete(out):
+            if verbose:
+                print(f"Using prepared data at {out} (cached)")
+        else:
+            t0 = time.perf_counter()
+            if verbose:
+                print(f"Preparing {self.dataset} ({self.task}) into {out} ...")
+            writer = CacheWriter(out)
+            try:
+                root = Path(self.root) if self.root is not None else None
+                schema = prepare_source(root, self.settings, writer)
+                schema.stats["prepare_seconds"] = round(time.perf_counter() - t0, 3)
+                writer.finish(schema)
+            except BaseException:
+                writer.abort()
+                raise
+            if verbose:
+                print(f"Prepared in {time.perf_counter() - t0:.1f} s: {schema.splits}")
+        self.schema_ = Schema.load(out)
+        return self.schema_
+
+    def prepare_data(self) -> None:
+        self.prepare()
+
+    @property
+    def schema(self) -> Schema:
+        return self.prepare()
+
+    @property
+    def schema_dict(self) -> dict[str, Any]:
+        """The schema as plain data (what a task stores in its checkpoint)."""
+        return self.schema.to_dict()
+
+    def setup(self, stage: str | None = None) -> None:
+        schema = self.prepare(verbose=False)
+        for split in ("train", "val", "test"):
+            if split not in self.tensors_:
+                self.tensors_[split] = SplitTensors.from_arrays(
+                    load_split(schema.root, split, mmap=False)  # type: ignore[arg-type]
+                )
+
+    # -- loaders -----------------------------------------------------------------------------
+    def _iter(self, split: str, train: bool) -> BatchIterator:
+        self.setup()
+        return BatchIterator(
+            self.tensors_[split],
+            self.schema.feature_names,
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            seed=self.shuffle_seed,
+        )
+
+    def _retrieval(self, split: str) -> RetrievalIterator:
+        """Users of ``split`` with their held-out items; excluded: items seen before."""
+        self.setup()
+        schema = self.schema
+        ui = [schema.feature_names.index(f) for f in (schema.user_field, schema.item_field)]
+        n_users = schema.field(schema.user_field).cardinality  # type: ignore[arg-type]
+        n_items = schema.field(schema.item_field).cardinality  # type: ignore[arg-type]
+
+        def pairs(s: str) -> tuple[np.ndarray, np.ndarray]:
+            sp = self.tensors_[s].sparse.numpy()
+            keep = sp[:, ui[1]] >= NUM_SPECIAL_ROWS  # OOV items cannot be ranked
+            return sp[keep, ui[0]], sp[keep, ui[1]]
+
+        seen = [pairs("train")] + ([pairs("val")] if split == "test" else [])
+        exclude = user_item_csr(
+            np.concatenate([u for u, _ in seen]), np.concatenate([i for _, i in seen]), n_users
+        )
+        target = user_item_csr(*pairs(split), n_users)
+        users = np.flatnonzero(np.diff(target[0]) > 0)
+        return RetrievalIterator(
+            users, target, exclude, schema.feature_names, schema.user_field,  # type: ignore[arg-type]
+            n_items, max(1, min(self.eval_batch_size, 1024)),
+        )
+
+    def train_dataloader(self) -> BatchIterator:
+        return self._iter("train", train=True)
+
+    def val_dataloader(self) -> Any:
+        return self._retrieval("val") if self.task == "retrieval" else self._iter("val", False)
+
+    def test_dataloader(self) -> Any:
+        return self._retrieval("test") if self.task == "retrieval" else self._iter("test", False)
+
+    def predict_dataloader(self) -> BatchIterator:
+        return self._iter("test", train=False)

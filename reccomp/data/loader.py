@@ -1,0 +1,176 @@
+"""Batches as slices of pre-shuffled tensors: no per-sample Python collation.
+
+Each epoch draws one permutation, gathers every array once (a single ``index_select``), and
+yields contiguous slices of it wrapped as :class:`~reccomp.sparse.Batch`.
+
+Example::
+
+    it = BatchIterator(tensors, keys=["user", "item"], batch_size=1024, shuffle=True)
+    for batch in it:  # Batch(dense (B, D), sparse KJT, labels (B,))
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from reccomp.data.cache import SplitArrays
+from reccomp.sparse.batch import Batch, RetrievalBatch
+
+
+@dataclass
+class SplitTensors:
+    """One split as torch tensors. ``sparse`` (N, F1) int32; ``bags`` field -> (N, L) int32."""
+
+    sparse: torch.Tensor
+    dense: torch.Tensor
+    label: torch.Tensor
+    bags: dict[str, torch.Tensor]
+
+    @classmethod
+    def from_arrays(cls, a: SplitArrays) -> SplitTensors:
+        def t(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x))
+
+        return cls(t(a.sparse), t(a.dense), t(a.label), {k: t(v) for k, v in a.bags.items()})
+
+    def __len__(self) -> int:
+        return self.label.shape[0]
+
+    def take(self, idx: torch.Tensor) -> SplitTensors:
+        return SplitTensors(
+            self.sparse.index_select(0, idx),
+            self.dense.index_select(0, idx),
+            self.label.index_select(0, idx),
+            {k: v.index_select(0, idx) for k, v in self.bags.items()},
+        )
+
+
+def make_kjt(
+    keys: list[str], single: torch.Tensor, bags: dict[str, torch.Tensor]
+) -> KeyedJaggedTensor:
+    """KJT over ``keys`` from single-valued columns ``single`` (B, F1) and padded bags.
+
+    Single-valued fields take the columns of ``single`` in key order; a key found in
+    ``bags`` takes its (B, L) rows, -1 = padding.
+    """
+    b = single.shape[0]
+    if not bags:  # fast path: one transpose
+        values = single.t().reshape(-1)  # (F1 * B,)
+        lengths = torch.ones(values.shape[0], dtype=torch.int32)
+        return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
+    vals, lens, col = [], [], 0
+    for k in keys:
+        bag = bags.get(k)
+        if bag is None:
+            vals.append(single[:, col])
+            lens.append(torch.ones(b, dtype=torch.int32))
+            col += 1
+        else:
+            mask = bag >= 0  # (B, L)
+            vals.append(bag[mask])
+            lens.append(mask.sum(1, dtype=torch.int32))
+    return KeyedJaggedTensor(keys=keys, values=torch.cat(vals), lengths=torch.cat(lens))
+
+
+class BatchIterator:
+    """Iterates a split in batches; reshuffled (seed + epoch) at each pass when ``shuffle``."""
+
+    def __init__(
+        self,
+        data: SplitTensors,
+        keys: list[str],
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        self.data = data
+        self.keys = keys
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        data = self.data
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            data = data.take(torch.randperm(len(data), generator=gen))
+        self.epoch += 1
+        for i in range(len(self)):
+            s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            bags = {k: v[s] for k, v in data.bags.items()}
+            yield Batch(data.dense[s], make_kjt(self.keys, data.sparse[s], bags), data.label[s])
+
+
+def user_item_csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr (U+1,), items) of the distinct items of each user row."""
+    pairs = np.unique(np.stack([users.astype(np.int64), items.astype(np.int64)], 1), axis=0)
+    indptr = np.zeros(n_users + 1, np.int64)
+    np.add.at(indptr, pairs[:, 0] + 1, 1)
+    return np.cumsum(indptr), pairs[:, 1]
+
+
+class RetrievalIterator:
+    """Batches of users with their held-out items (targets) and items to exclude.
+
+    Args:
+        users: (U,) user rows to evaluate (each with at least one target).
+        target / exclude: CSR (indptr, items) over all user rows.
+        keys: KJT keys; users go under ``user_key``, other keys get empty bags.
+        n_items: number of item rows (the ranking is over all of them).
+    """
+
+    def __init__(
+        self,
+        users: np.ndarray,
+        target: tuple[np.ndarray, np.ndarray],
+        exclude: tuple[np.ndarray, np.ndarray],
+        keys: list[str],
+        user_key: str,
+        n_items: int,
+        batch_size: int,
+    ) -> None:
+        self.users, self.target, self.exclude = users, target, exclude
+        self.keys, self.user_key, self.n_items, self.batch_size = keys, user_key, n_items, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.users) // self.batch_size)
+
+    def _dense(self, csr: tuple[np.ndarray, np.ndarray], users: np.ndarray) -> torch.Tensor:
+        indptr, items = csr
+        lens = indptr[users + 1] - indptr[users]
+        rows = np.repeat(np.arange(len(users)), lens)
+        cols = items[np.concatenate([np.arange(indptr[u], indptr[u + 1]) for u in users])] if len(
+            users
+        ) else np.zeros(0, np.int64)
+        out = torch.zeros(len(users), self.n_items, dtype=torch.bool)  # (B, I)
+        out[torch.from_numpy(rows), torch.from_numpy(cols)] = True
+        return out
+
+    def __iter__(self) -> Iterator[RetrievalBatch]:
+        for i in range(len(self)):
+            u = self.users[i * self.batch_size : (i + 1) * self.batch_size]
+            b = len(u)
+            values = torch.from_numpy(u.astype(np.int32))
+            lengths = torch.cat(
+                [
+                    torch.ones(b, dtype=torch.int32)
+                    if k == self.user_key
+                    else torch.zeros(b, dtype=torch.int32)
+                    for k in self.keys
+                ]
+            )
+            kjt = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths)
+            yield RetrievalBatch(kjt, self._dense(self.target, u), self._dense(self.exclude, u))

@@ -1,0 +1,155 @@
+"""Data sources by name: where their files are and how they are prepared.
+
+A source knows which files it reads under ``root`` (they key the cache) and turns them into
+a prepared directory. Names::
+
+    movielens (aliases ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest,
+               ml-latest-small, ml-1m-head): any MovieLens release, format detected
+    criteo    (aliases criteo-kaggle, criteo-1tb): 40-column TSV files
+    synthetic-movielens, synthetic-criteo: generated, no files
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reccomp.data.cache import CacheWriter
+from reccomp.data.prepare import frame_task, prepare_raw
+from reccomp.data.schema import Schema
+from reccomp.data.splits import SplitConfig
+
+MOVIELENS_ALIASES = (
+    "ml-100k",
+    "ml-1m",
+    "ml-1m-head",
+    "ml-10m",
+    "ml-20m",
+    "ml-25m",
+    "ml-32m",
+    "ml-latest",
+    "ml-latest-small",
+)
+CRITEO_ALIASES = ("criteo-kaggle", "criteo-1tb")
+MOVIELENS_FILES = (
+    "u.data",
+    "u.user",
+    "u.item",
+    "u.genre",
+    "ratings.dat",
+    "users.dat",
+    "movies.dat",
+    "ratings.csv",
+    "movies.csv",
+)
+SOURCES = ("movielens", "criteo", "synthetic-movielens", "synthetic-criteo")
+
+
+def canonical(name: str) -> str:
+    if name in MOVIELENS_ALIASES:
+        return "movielens"
+    if name in CRITEO_ALIASES:
+        return "criteo"
+    if name not in SOURCES:
+        known = sorted(SOURCES + MOVIELENS_ALIASES + CRITEO_ALIASES)
+        raise ValueError(f"data.dataset: unknown data set {name!r}; known: {known}")
+    return name
+
+
+def _download_hint(dataset: str) -> str:
+    name = dataset if dataset in MOVIELENS_ALIASES + CRITEO_ALIASES else None
+    if name in (None, "ml-1m-head"):
+        name = "ml-1m" if canonical(dataset) == "movielens" else "criteo-kaggle"
+    if name in ("ml-10m", "ml-32m", "ml-latest", "criteo-1tb"):
+        return f"download {name} from its official site and point --data.root at it"
+    return f"get it with: reccomp data download {name} --root DIR, then pass --data.root DIR"
+
+
+def source_files(dataset: str, root: Path | None) -> list[Path]:
+    """The files a data set reads (for the cache key); a clear error when none is there."""
+    kind = canonical(dataset)
+    if kind.startswith("synthetic"):
+        return []
+    if root is None:
+        raise FileNotFoundError(f"data set {dataset!r} needs --data.root; {_download_hint(dataset)}")
+    root = Path(root)
+    if kind == "movielens":
+        files = [p for d in (root, *sorted(root.glob("*/"))) for p in d.glob("*") if p.name in MOVIELENS_FILES] if root.is_dir() else []
+    elif root.is_file():
+        files = [root]
+    else:
+        files = sorted(root.glob("train.txt")) + sorted(root.glob("day_*")) if root.is_dir() else []
+    if not files:
+        expected = "u.data, ratings.dat or ratings.csv" if kind == "movielens" else "train.txt or day_* files"
+        raise FileNotFoundError(
+            f"no {dataset} data found at {root.resolve()} (looked for {expected}); {_download_hint(dataset)}"
+        )
+    return files
+
+
+def binary_auc(label: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC from ranks, ties given their mean rank (Mann-Whitney U)."""
+    pos = np.asarray(label) > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    uniq, inv, counts = np.unique(np.asarray(score), return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based rank of each distinct score's first copy
+    rank = (first + (counts + 1) / 2.0)[inv]  # mean 1-based rank of ties
+    return float((rank[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@dataclass
+class PrepareSettings:
+    """Everything that changes the prepared arrays (part of the cache key)."""
+
+    dataset: str
+    task: str
+    split: SplitConfig
+    min_count: int = 1
+    side_features: bool = True
+    fields: list[str] | None = None
+    ctr_threshold: float = 4.0
+    implicit_threshold: float | None = None
+    strict: bool = False
+    synthetic: dict[str, Any] | None = None
+
+
+def prepare_source(root: Path | None, s: PrepareSettings, writer: CacheWriter) -> Schema:
+    """Parse/generate, frame the task, split, encode and write (caller finishes the writer)."""
+    kind = canonical(s.dataset)
+    if kind == "criteo":
+        from reccomp.data.criteo import prepare_criteo  # noqa: PLC0415
+
+        if s.task != "ctr":
+            raise ValueError(f"Criteo data has click labels: use task 'ctr', not {s.task!r}")
+        return prepare_criteo(
+            source_files(s.dataset, root), writer, name=s.dataset, split=s.split,
+            min_count=s.min_count, strict=s.strict,
+        )
+    if kind == "movielens":
+        from reccomp.data.movielens import read_movielens  # noqa: PLC0415
+
+        raw = read_movielens(root, strict=s.strict, side_features=s.side_features)  # type: ignore[arg-type]
+    elif kind == "synthetic-movielens":
+        from reccomp.data.synthetic import synthetic_movielens  # noqa: PLC0415
+
+        raw = synthetic_movielens(**(s.synthetic or {}))
+    else:
+        from reccomp.data.synthetic import synthetic_criteo  # noqa: PLC0415
+
+        raw = synthetic_criteo(**(s.synthetic or {}))
+        raw.stats["labels_are_clicks"] = True
+    for r in raw.reports:
+        if r.skipped or r.padded:
+            print(r.summary())
+    raw = frame_task(raw, s.task, s.ctr_threshold, s.implicit_threshold, s.fields)
+    schema = prepare_raw(raw, writer, task=s.task, split=s.split, min_count=s.min_count)
+    if "prob" in raw.extra and schema.splits["test"]:
+        test = np.load(writer.path("test", "prob.npy"))
+        label = np.load(writer.path("test", "label.npy"))
+        schema.stats["oracle_auc"] = binary_auc(label, test)
+    return schema

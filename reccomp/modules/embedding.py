@@ -1,0 +1,164 @@
+"""Building the embedding collection of a model from the data schema and a config block.
+
+The collection is a TorchRec ``FusedEmbeddingBagCollection``: FBGEMM's table-batched
+embedding (TBE) kernels run the lookups and apply the sparse optimizer inside the backward
+pass, so the embedding tables never reach the dense (torch) optimizer.
+
+Compression methods plug in through :data:`METHODS` (a registry, not if/elif): a builder
+``(schema, spec, device) -> collection`` that returns a drop-in for
+``EmbeddingBagCollection``. Only ``full`` (the uncompressed baseline) is defined here.
+
+Example::
+
+    >>> from reccomp.data.schema import Schema, SparseField
+    >>> schema = Schema("toy", "ctr", [SparseField("user", 10), SparseField("item", 20)])
+    >>> ebc = build_embeddings(schema, EmbeddingSpec(dim=8))
+    >>> [c.name for c in ebc.embedding_bag_configs()]
+    ['user', 'item']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+from torchrec.optim import RowWiseAdagrad
+
+from reccomp.data.schema import Schema
+
+SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "rowwise_adagrad": RowWiseAdagrad,
+    "adam": torch.optim.Adam,
+}
+
+
+@dataclass
+class EmbeddingSpec:
+    """The ``embeddings:`` block of a task config.
+
+    Args:
+        method: compression method, a key of :data:`METHODS` (``full`` = uncompressed).
+        budget: target memory, as a fraction of the full collection's bytes (<= 1) or
+            as bytes (> 1); ``None`` = the method's own default.
+        dim: width of every table, a multiple of 4 (FBGEMM); models document how they use
+            it (MF: d factors + 1 bias column).
+        optimizer: fused sparse optimizer run by FBGEMM in the backward pass: ``sgd``,
+            ``adagrad``, ``rowwise_adagrad`` or ``adam``.
+        lr: its learning rate.
+        eps: its epsilon (Adagrad, Adam).
+        weight_decay: its L2 weight decay.
+        init_std: rows start as N(0, init_std^2); ``None`` = 1/sqrt(dim).
+        pooling: ``sum`` or ``mean`` pooling of multi-valued fields.
+        options: method-specific options.
+    """
+
+    method: str = "full"
+    budget: float | None = None
+    dim: int = 16
+    optimizer: str = "adagrad"
+    lr: float = 0.05
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    init_std: float | None = None
+    pooling: str = "sum"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(
+                f"embeddings.method: unknown method {self.method!r}; known: {sorted(METHODS)}"
+            )
+        if self.optimizer not in SPARSE_OPTIMIZERS:
+            raise ValueError(
+                f"embeddings.optimizer: unknown {self.optimizer!r}; known: {sorted(SPARSE_OPTIMIZERS)}"
+            )
+        if self.dim < 4 or self.dim % 4:
+            # FBGEMM's table-batched kernels take widths that are multiples of 4
+            raise ValueError(f"embeddings.dim must be a multiple of 4 (FBGEMM), got {self.dim}")
+        if self.lr <= 0:
+            raise ValueError(f"embeddings.lr must be > 0, got {self.lr}")
+        if self.budget is not None and self.budget <= 0:
+            raise ValueError(f"embeddings.budget must be > 0, got {self.budget}")
+        if self.pooling not in ("sum", "mean"):
+            raise ValueError(f"embeddings.pooling must be 'sum' or 'mean', got {self.pooling!r}")
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"lr": self.lr, "weight_decay": self.weight_decay}
+        if self.optimizer != "sgd":
+            kw["eps"] = self.eps
+        return kw
+
+
+def table_configs(schema: Schema, spec: EmbeddingSpec) -> list[EmbeddingBagConfig]:
+    """One TorchRec table per sparse field, in schema order, named after the field."""
+    pooling = PoolingType.SUM if spec.pooling == "sum" else PoolingType.MEAN
+    return [
+        EmbeddingBagConfig(
+            name=f.name,
+            embedding_dim=spec.dim,
+            num_embeddings=f.cardinality,
+            feature_names=[f.name],
+            pooling=pooling,
+        )
+        for f in schema.sparse
+    ]
+
+
+def fused_collection(
+    tables: list[EmbeddingBagConfig],
+    spec: EmbeddingSpec,
+    device: torch.device | None = None,
+    seed: int = 0,
+) -> FusedEmbeddingBagCollection:
+    """FBGEMM-backed collection with the spec's fused optimizer and a seeded init."""
+    ebc = FusedEmbeddingBagCollection(
+        tables=tables,
+        optimizer_type=SPARSE_OPTIMIZERS[spec.optimizer],
+        optimizer_kwargs=spec.optimizer_kwargs(),
+        device=device or torch.device("cpu"),
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for (_, weight), cfg in zip(ebc.named_parameters(), tables, strict=True):
+            std = spec.init_std if spec.init_std is not None else 1.0 / math.sqrt(cfg.embedding_dim)
+            w = torch.randn(weight.shape, generator=gen) * std
+            weight.copy_(w.to(weight.device))
+    return ebc
+
+
+def full_bytes(schema: Schema, spec: EmbeddingSpec, bytes_per_value: int = 4) -> int:
+    """Bytes of the uncompressed collection: every row of every table in fp32."""
+    return sum(f.cardinality * spec.dim * bytes_per_value for f in schema.sparse)
+
+
+def build_full(schema: Schema, spec: EmbeddingSpec, device: torch.device | None = None) -> nn.Module:
+    return fused_collection(table_configs(schema, spec), spec, device)
+
+
+Builder = Callable[[Schema, EmbeddingSpec, "torch.device | None"], nn.Module]
+METHODS: dict[str, Builder] = {"full": build_full}
+
+
+def build_embeddings(
+    schema: Schema, spec: EmbeddingSpec, device: torch.device | None = None
+) -> nn.Module:
+    """The embedding collection for ``schema`` built by ``spec.method``."""
+    return METHODS[spec.method](schema, spec, device)
+
+
+def memory_bytes(collection: nn.Module) -> int:
+    """What a server must hold for ``collection``: its own count if it has one, else params."""
+    fn = getattr(collection, "memory_bytes", None)
+    if callable(fn):
+        return int(fn())
+    return sum(p.numel() * p.element_size() for p in collection.parameters()) + sum(
+        b.numel() * b.element_size() for b in collection.buffers()
+    )

@@ -1,0 +1,3 @@
+from reccomp.sparse.batch import Batch, RetrievalBatch
+
+__all__ = ["Batch", "RetrievalBatch"]

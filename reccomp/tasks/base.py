@@ -1,0 +1,117 @@
+"""The LightningModule shared by all tasks: builds the collection and the model, optimizes.
+
+A task owns the embedding collection (built from the data schema and the ``embeddings:``
+config block) and hands it to the model constructor, so the model never knows which
+method is inside. Embedding tables are trained by FBGEMM's fused optimizer in the backward
+pass; every other parameter by the dense optimizer given in config.
+
+Example (YAML)::
+
+    model:
+      class_path: reccomp.tasks.CTRTask
+      init_args:
+        model: {class_path: reccomp.models.DLRM, init_args: {bottom_mlp: [64]}}
+        embeddings: {method: full, dim: 16, optimizer: adagrad, lr: 0.05}
+        optimizer: {class_path: torch.optim.Adam, init_args: {lr: 0.001}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch import nn
+
+from reccomp.data.schema import Schema
+from reccomp.modules.embedding import EmbeddingSpec, build_embeddings, full_bytes, memory_bytes
+
+ModelFactory = Callable[[nn.Module, int], nn.Module]
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def _default_optimizer(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+class RecTask(pl.LightningModule):
+    """Base task.
+
+    Args:
+        model: the model class with its hyperparameters; called as ``model(embeddings,
+            num_dense)``.
+        embeddings: the embedding collection's config (method, budget, dim, sparse optimizer).
+        optimizer: the dense parameters' optimizer (default Adam, lr 1e-3).
+        early_stopping_patience: stop after this many validation epochs without
+            improvement of :attr:`monitor` (None: never).
+        schema: the data schema, linked from the data module by the CLI.
+    """
+
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
+
+    def __init__(
+        self,
+        model: ModelFactory,
+        embeddings: EmbeddingSpec | None = None,
+        optimizer: OptimizerFactory = _default_optimizer,
+        early_stopping_patience: int | None = None,
+        schema: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if schema is None:
+            raise ValueError("a task needs the data schema (the CLI links it from the data module)")
+        if isinstance(schema, Schema):
+            schema = schema.to_dict()
+        embeddings = embeddings or EmbeddingSpec()
+        self.save_hyperparameters(ignore=["model", "optimizer"])
+        self.schema = Schema.from_dict(schema)
+        self.spec = embeddings
+        self.optimizer_factory = optimizer
+        self.early_stopping_patience = early_stopping_patience
+        self.embeddings = build_embeddings(self.schema, embeddings)
+        self.model = model(self.embeddings, self.schema.num_dense)
+
+    # -- memory ------------------------------------------------------------------------------
+    def embedding_memory(self) -> dict[str, float]:
+        used = memory_bytes(self.embeddings)
+        full = full_bytes(self.schema, self.spec)
+        return {"embeddings/bytes": float(used), "embeddings/ratio": used / max(full, 1)}
+
+    # -- optimization ------------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # the fused collection updates its own tables in backward: keep them out
+        sparse = {id(p) for p in self.embeddings.parameters()}
+        dense = [p for p in self.parameters() if id(p) not in sparse and p.requires_grad]
+        if not dense:  # e.g. a model whose only parameters are embeddings
+            dense = [nn.Parameter(torch.zeros(1))]
+        return self.optimizer_factory(dense)
+
+    def configure_callbacks(self) -> list[Callback]:
+        ckpt = ModelCheckpoint(
+            monitor=self.monitor,
+            mode=self.monitor_mode,
+            save_last=True,
+            filename="best-{epoch}",
+            auto_insert_metric_name=False,
+        )
+        cbs: list[Callback] = [ckpt]
+        if self.early_stopping_patience is not None:
+            cbs.append(
+                EarlyStopping(self.monitor, patience=self.early_stopping_patience, mode=self.monitor_mode)
+            )
+        return cbs
+
+    def forward_with_penalty(self, dense: torch.Tensor, sparse: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions (B,) and the L2 penalty of the pooled rows (models such as MF)."""
+        fwd = getattr(self.model, "forward_with_vectors", None)
+        if fwd is None:
+            raise ValueError(f"l2 > 0 needs a model with forward_with_vectors(), not {type(self.model).__name__}")
+        out = fwd(dense, sparse)
+        return out.prediction, self.model.l2_penalty(out.user, out.item)
+
+    def log_memory(self) -> None:
+        for k, v in self.embedding_memory().items():
+            self.log(k, v, on_step=False, on_epoch=True)
