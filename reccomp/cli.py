@@ -40,6 +40,16 @@ def _run_name(argv: list[str]) -> str:
     return "run"
 
 
+def _innermost(msg: str) -> str:
+    """The most specific line of jsonargparse's nested "does not validate" messages."""
+    lines = [ln.strip(" -") for ln in msg.splitlines()]
+    useful = [
+        ln for ln in lines
+        if ln and not ln.startswith(("Does not validate", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "Given value"))
+    ]
+    return useful[0] if useful else msg
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes ``predictions.csv`` (label, prediction) into the run directory."""
 
@@ -61,6 +71,15 @@ class PredictionWriter(BasePredictionWriter):
 class RecCLI(LightningCLI):
     """LightningCLI wired for reccomp: schema linking, test after fit, metrics.json."""
 
+    def instantiate_classes(self) -> None:
+        # config values are validated when the classes are built (dataclass __post_init__,
+        # data preparation): report those errors plainly, before any training starts
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            print(f"error: {_innermost(str(e))}", file=sys.stderr)
+            raise SystemExit(2) from None
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.schema_dict", "model.init_args.schema", apply_on="instantiate")
 
@@ -73,8 +92,10 @@ class RecCLI(LightningCLI):
                 out[k] = None if math.isnan(x) else x
         return out
 
-    def _write_metrics(self, extra: dict[str, Any] | None = None) -> Path:
+    def _write_metrics(self, extra: dict[str, Any] | None = None) -> Path | str:
         trainer = self.trainer
+        if trainer.fast_dev_run:  # Lightning turns loggers and checkpoints off for it
+            return "fast_dev_run: no run directory (loggers and checkpoints are off)"
         run_dir = Path(trainer.log_dir or ".")
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "metrics.json"
@@ -116,6 +137,14 @@ class RecCLI(LightningCLI):
 
     def after_predict(self) -> None:
         print(Path(self.trainer.log_dir or "."))
+
+    def before_fit(self) -> None:
+        mem = self.model.embedding_memory() if hasattr(self.model, "embedding_memory") else {}
+        if mem:
+            print(
+                f"Embeddings: {self.model.spec.method}, {mem['embeddings/bytes'] / 2**20:.2f} MiB "
+                f"({mem['embeddings/ratio']:.3f} of the full collection)"
+            )
 
 
 def run_cli(argv: list[str]) -> RecCLI:

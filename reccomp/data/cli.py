@@ -64,8 +64,9 @@ def data_main(argv: list[str]) -> int:
     for name in ("prepare", "info"):
         q = sub.add_parser(name, help=f"{name} the data of a run config (overrides: --data.KEY VALUE)")
         q.add_argument("--config", default=None, help="a run config (its data: block is used)")
-        if name == "info":
-            q.add_argument("prepared", nargs="?", default=None, help="a prepared directory")
+    if len(argv) >= 2 and argv[0] == "info" and not argv[1].startswith("-"):
+        print_info(Schema.load(Path(argv[1])))  # reccomp data info PREPARED_DIR
+        return 0
     args, rest = p.parse_known_args(argv)
     if args.cmd == "download":
         from reccomp.data.download import DownloadError, download  # noqa: PLC0415
@@ -76,9 +77,6 @@ def data_main(argv: list[str]) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(path)
-        return 0
-    if args.cmd == "info" and args.prepared:
-        print_info(Schema.load(Path(args.prepared)))
         return 0
     try:
         dm = _datamodule(args.config, rest)

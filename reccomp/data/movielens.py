@@ -46,7 +46,11 @@ ML100K_GENRES = (
 NO_GENRE = "(no genres listed)"
 DOWNLOADABLE = ("ml-100k", "ml-1m", "ml-20m", "ml-25m", "ml-latest-small")
 _RATINGS = {"u.data": "100k", "ratings.dat": "dat", "ratings.csv": "csv"}
-_SIDE_FILES = {"100k": ("u.user", "u.item"), "dat": ("users.dat", "movies.dat"), "csv": (None, "movies.csv")}  # fmt: skip
+_SIDE_FILES = {  # layout -> (users file, movies file)
+    "100k": ("u.user", "u.item"),
+    "dat": ("users.dat", "movies.dat"),
+    "csv": (None, "movies.csv"),
+}
 _COLUMNS = ("user", "item", "rating", "timestamp")
 _TYPES = (pa.int64(), pa.int64(), pa.float32(), pa.int64())
 # What pyarrow's typed reader accepts (ints: optional '-', whitespace trimmed); NaN/inf refused.
@@ -200,7 +204,9 @@ def _parse(data: bytes, sep: bytes, header: bool, on_invalid: Callable, typed: b
     )
 
 
-def _read_ratings(path: Path, layout: str, strict: bool) -> tuple[dict[str, np.ndarray], ParseReport]:  # fmt: skip
+def _read_ratings(
+    path: Path, layout: str, strict: bool
+) -> tuple[dict[str, np.ndarray], ParseReport]:
     """Columns ``user, item, rating, timestamp`` of a ratings file, (N,) each, and its report."""
     data = path.read_bytes()
     if not data.strip():
@@ -300,7 +306,11 @@ def _report_bad(
     if good.sum() != n_rows or (~good).sum() != n_bad_rows:  # not expected; keep counts right
         report.add_skipped(0, "(line numbers unknown)", count=n_bad_rows + len(bad_idx))
         return
-    events = [(int(n), f"expected {len(_COLUMNS)} fields, got {c}") for n, c in zip(line_no[~good][:5], n_cols[~good][:5], strict=True)]  # fmt: skip
+    bad_lines, bad_cols = line_no[~good][:5], n_cols[~good][:5]
+    events = [
+        (int(n), f"expected {len(_COLUMNS)} fields, got {c}")
+        for n, c in zip(bad_lines, bad_cols, strict=True)
+    ]
     good_lines = line_no[good]
     if why_value is not None:
         events += [(int(good_lines[i]), why_value(i)) for i in bad_idx[:5]]
@@ -383,8 +393,10 @@ def _read_users(path: Path, layout: str, strict: bool) -> tuple[_Side, ParseRepo
 
 def _genre_flags(path: Path | None) -> list[str]:
     """Names of the genre flag columns of ``u.item``, from ``u.genre`` (name|index)."""
+    if path is None:
+        return list(ML100K_GENRES)
     pairs = []
-    for _, parts in _lines(path, "|") if path is not None else ():
+    for _, parts in _lines(path, "|"):
         if len(parts) == 2 and parts[1].strip().isdigit():
             pairs.append((int(parts[1]), parts[0]))
     return [n for _, n in sorted(pairs)] or list(ML100K_GENRES)

@@ -34,17 +34,6 @@ MOVIELENS_ALIASES = (
     "ml-latest-small",
 )
 CRITEO_ALIASES = ("criteo-kaggle", "criteo-1tb")
-MOVIELENS_FILES = (
-    "u.data",
-    "u.user",
-    "u.item",
-    "u.genre",
-    "ratings.dat",
-    "users.dat",
-    "movies.dat",
-    "ratings.csv",
-    "movies.csv",
-)
 SOURCES = ("movielens", "criteo", "synthetic-movielens", "synthetic-criteo")
 
 
@@ -77,15 +66,15 @@ def source_files(dataset: str, root: Path | None) -> list[Path]:
         raise FileNotFoundError(f"data set {dataset!r} needs --data.root; {_download_hint(dataset)}")
     root = Path(root)
     if kind == "movielens":
-        files = [p for d in (root, *sorted(root.glob("*/"))) for p in d.glob("*") if p.name in MOVIELENS_FILES] if root.is_dir() else []
-    elif root.is_file():
-        files = [root]
-    else:
-        files = sorted(root.glob("train.txt")) + sorted(root.glob("day_*")) if root.is_dir() else []
+        from reccomp.data.movielens import movielens_sources  # noqa: PLC0415
+
+        if not root.exists():
+            raise FileNotFoundError(f"no {dataset} data at {root.resolve()}: the path does not exist; {_download_hint(dataset)}")
+        return movielens_sources(root)  # its error names the path and the download command
+    files = [root] if root.is_file() else sorted(root.glob("train.txt")) + sorted(root.glob("day_*")) if root.is_dir() else []
     if not files:
-        expected = "u.data, ratings.dat or ratings.csv" if kind == "movielens" else "train.txt or day_* files"
         raise FileNotFoundError(
-            f"no {dataset} data found at {root.resolve()} (looked for {expected}); {_download_hint(dataset)}"
+            f"no {dataset} data found at {root.resolve()} (looked for train.txt or day_* files); {_download_hint(dataset)}"
         )
     return files
 

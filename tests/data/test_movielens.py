@@ -136,6 +136,23 @@ def test_ml1m_latin1_titles_and_missing_user(tmp_path: Path) -> None:
         read_movielens(d, strict=True)
 
 
+def test_bad_side_lines_skipped_or_raised(tmp_path: Path) -> None:
+    d = write(tmp_path / "ml-1m" / "ratings.dat", "1::1::5::1\n2::1::4::2\n3::1::3::3\n").parent
+    write(
+        d / "users.dat", "1::F::1::10::48067\n2::M::abc::16::70072\n1::M::1::10::1\n3::M::1::10\n"
+    )
+    write(d / "movies.dat", "1::Heat (1995)::Action\n")
+    users = read_movielens(d).reports[1]
+    assert (users.lines, users.skipped) == (4, 3)
+    assert users.examples == [
+        "line 2: age: not a number: 'abc'",
+        "line 3: duplicate id 1",
+        "line 4: expected 5 fields, got 4",
+    ]
+    with pytest.raises(MalformedInputError, match=r"users\.dat: line 2: age"):
+        read_movielens(d, strict=True)
+
+
 def test_titles_decoded_as_utf8_else_latin1() -> None:
     from reccomp.data.movielens import _decode
 
@@ -197,7 +214,10 @@ def test_ml25m_csv_quoted_titles(tmp_path: Path) -> None:
     np.testing.assert_array_equal(raw.sparse["genres"], [[0, 1, 3], [1, 2, -1], [-1, -1, -1]])
     report = raw.reports[0]
     assert (report.lines, report.skipped) == (5, 2)
-    assert report.examples == ["line 4: rating: not a number: 'nan'", "line 5: expected 4 fields, got 5"]  # fmt: skip
+    assert report.examples == [
+        "line 4: rating: not a number: 'nan'",
+        "line 5: expected 4 fields, got 5",
+    ]
     assert raw.reports[1].skipped == 0
 
 
@@ -222,6 +242,7 @@ def test_validated_path_matches_fast_path(tmp_path: Path) -> None:
 def test_detects_release_in_parent_dir(ml100k: Path) -> None:
     raw = read_movielens(ml100k.parent)
     assert raw.name == "ml-100k" and len(raw) == 4
+    assert len(read_movielens(ml100k / "u.data")) == 4  # a file names its folder
     write(ml100k.parent / "ml-1m" / "ratings.dat", "1::2::3::4\n")
     with pytest.raises(ValueError, match="several MovieLens releases"):
         read_movielens(ml100k.parent)

@@ -1,0 +1,145 @@
+"""The ``reccomp`` command: every shipped config runs (fast_dev_run, tiny data), errors are clear."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reccomp.cli import main, run_cli
+from tests.conftest import CONFIGS, shared_dataset
+
+TINY_ML = '{"n_users": 60, "n_items": 120, "n_ratings": 3000, "seed": 1}'
+TINY_CRITEO = '{"n_rows": 3000, "max_card": 1000, "seed": 1}'
+
+
+def write_tiny_ml1m(root: Path) -> Path:
+    """A small MovieLens-1M-format release (``::`` separated, ISO-8859-1 titles)."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    genres = ["Action", "Comedy", "Drama", "Children's"]
+    with (root / "movies.dat").open("w", encoding="latin-1") as f:
+        for m in range(1, 41):
+            g = "|".join(rng.choice(genres, size=rng.integers(1, 3), replace=False))
+            f.write(f"{m}::Film {m} Misérables ({1980 + m % 20})::{g}\n")
+    with (root / "users.dat").open("w") as f:
+        for u in range(1, 31):
+            f.write(f"{u}::{'MF'[u % 2]}::{[1, 18, 25, 35][u % 4]}::{u % 21}::{10000 + u * 37}\n")
+    with (root / "ratings.dat").open("w") as f:
+        for u in range(1, 31):
+            for m in rng.choice(np.arange(1, 41), size=15, replace=False):
+                f.write(f"{u}::{m}::{rng.integers(1, 6)}::{978300000 + int(rng.integers(0, 10**6))}\n")
+    return root
+
+
+def write_tiny_criteo(path: Path, n: int = 600) -> Path:
+    rng = np.random.default_rng(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for _ in range(n):
+            ints = [str(int(x)) if rng.random() > 0.1 else "" for x in rng.integers(-2, 50, 13)]
+            cats = [f"{int(x):08x}" if rng.random() > 0.05 else "" for x in rng.integers(0, 30, 26)]
+            f.write("\t".join([str(int(rng.random() < 0.25)), *ints, *cats]) + "\n")
+    return path
+
+
+def data_overrides(config: str, tmp_path: Path) -> list[str]:
+    if config.startswith("synthetic-movielens"):
+        return ["--data.synthetic", TINY_ML]
+    if config.startswith("synthetic-criteo"):
+        return ["--data.synthetic", TINY_CRITEO]
+    if config.startswith("ml-100k"):
+        return ["--data.root", str(shared_dataset("ml-100k"))]
+    if config.startswith("ml-1m"):
+        return ["--data.root", str(write_tiny_ml1m(tmp_path / "ml-1m"))]
+    if config.startswith("criteo"):
+        return ["--data.root", str(write_tiny_criteo(tmp_path / "criteo" / "train.txt").parent), "--data.min_count", "1"]
+    raise AssertionError(f"no tiny data for {config}")
+
+
+SHIPPED = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+
+
+def test_shipped_configs_are_the_documented_ones() -> None:
+    expected = {
+        "synthetic-movielens-mf.yaml",
+        "synthetic-criteo-dlrm.yaml",
+        "ml-100k-mf.yaml",
+        "ml-1m-mf-retrieval.yaml",
+        "ml-1m-deepfm-ctr.yaml",
+        "criteo-kaggle-dlrm.yaml",
+        "criteo-kaggle-dcnv2.yaml",
+    }
+    assert expected <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_fast_dev_run(config: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(CONFIGS / config), "--trainer.fast_dev_run", "true"]
+    run_cli(args + data_overrides(config, tmp_path) + ["--trainer.enable_progress_bar", "false"])
+    out = capsys.readouterr().out
+    assert "test/" in out  # the test metrics table
+    assert "embeddings/ratio" in out
+    assert out.strip().splitlines()[-1].startswith("fast_dev_run")
+
+
+def test_wrong_key_fails_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = str(CONFIGS / "synthetic-movielens-mf.yaml")
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", cfg, "--model.init_args.embeddings.dimm", "8"])
+    assert "dimm" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", cfg, "--data.batch_size", "many"])
+    assert "batch_size" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_method_and_dim_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = str(CONFIGS / "synthetic-movielens-mf.yaml")
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", cfg, "--model.embeddings.method", "nonsense", "--data.synthetic", TINY_ML])
+    assert "nonsense" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", cfg, "--model.embeddings.dim", "6", "--data.synthetic", TINY_ML])
+    assert "multiple of 4" in capsys.readouterr().err
+
+
+def test_test_and_predict_from_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = ["--config", str(CONFIGS / "synthetic-movielens-mf.yaml"), "--data.synthetic", TINY_ML]
+    quiet = ["--trainer.enable_progress_bar", "false"]
+    run_cli(["fit", *cfg, "--trainer.max_epochs", "2", *quiet])
+    fit_dir = tmp_path / capsys.readouterr().out.strip().splitlines()[-1]
+    fit_metrics = json.loads((fit_dir / "metrics.json").read_text())
+    assert {"val/rmse", "test/rmse", "test/mae"} <= set(fit_metrics)
+    ckpt = fit_metrics["best_checkpoint"]
+    run_cli(["test", *cfg, "--ckpt_path", ckpt, *quiet])
+    test_dir = tmp_path / capsys.readouterr().out.strip().splitlines()[-1]
+    again = json.loads((test_dir / "metrics.json").read_text())
+    assert again["test/rmse"] == pytest.approx(fit_metrics["test/rmse"], rel=1e-5)
+    run_cli(["predict", *cfg, "--ckpt_path", ckpt, *quiet])
+    pred_dir = tmp_path / capsys.readouterr().out.strip().splitlines()[-1]
+    lines = (pred_dir / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "label,prediction" and len(lines) == 301  # the 10% test split
+
+
+def test_data_prepare_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = str(CONFIGS / "synthetic-criteo-dlrm.yaml")
+    with pytest.raises(SystemExit) as e:
+        main(["data", "prepare", "--config", cfg, "--data.synthetic", TINY_CRITEO, "--data.cache_dir", str(tmp_path)])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "oracle_auc" in out and "C26" in out
+    with pytest.raises(SystemExit) as e:
+        main(["data", "info", "--config", cfg, "--data.synthetic", TINY_CRITEO, "--data.cache_dir", str(tmp_path)])
+    assert e.value.code == 0
+    assert "cached" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["data", "prepare", "--config", str(CONFIGS / "ml-1m-deepfm-ctr.yaml"), "--data.root", str(tmp_path / "none")])
+    assert e.value.code == 1
+    assert "reccomp data download ml-1m" in capsys.readouterr().err
