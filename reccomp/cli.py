@@ -147,8 +147,9 @@ class RecCLI(LightningCLI):
             )
 
 
-def run_cli(argv: list[str]) -> RecCLI:
-    name = _run_name(argv)
+def run_cli(argv: list[str] | None) -> RecCLI:
+    """Run a LightningCLI subcommand; ``argv=None`` reads the command line."""
+    name = _run_name(sys.argv[1:] if argv is None else argv)
     return RecCLI(
         RecTask,
         RecDataModule,
@@ -172,6 +173,7 @@ def run_cli(argv: list[str]) -> RecCLI:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":
         from reccomp.data.cli import data_main  # noqa: PLC0415
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in (*RUN_SUBCOMMANDS, "-h", "--help"):
         print(__doc__)
         sys.exit(0 if not argv else 2)
-    run_cli(argv)
+    run_cli(None if from_command_line else argv)
 
 
 if __name__ == "__main__":

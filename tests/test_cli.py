@@ -143,3 +143,49 @@ def test_data_prepare_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str
         main(["data", "prepare", "--config", str(CONFIGS / "ml-1m-deepfm-ctr.yaml"), "--data.root", str(tmp_path / "none")])
     assert e.value.code == 1
     assert "reccomp data download ml-1m" in capsys.readouterr().err
+
+
+def test_data_download_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`reccomp data download` end to end against a local server, then offline."""
+    import dataclasses
+    import hashlib
+    import http.server
+    import io
+    import threading
+    import zipfile
+    from functools import partial
+
+    from reccomp.data import download as dl
+
+    def spec_files() -> tuple[str, ...]:
+        return tuple(dl.DATASETS["ml-100k"].files)
+
+    served = tmp_path / "served"
+    served.mkdir()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in spec_files():
+            zf.writestr(f"ml-100k/{name}", "1\t10\t5\t881250949\n")
+    (served / "ml-100k.zip").write_bytes(buf.getvalue())
+    spec = dataclasses.replace(
+        dl.DATASETS["ml-100k"], md5=hashlib.md5(buf.getvalue()).hexdigest(), sha256=None, size=None
+    )
+    monkeypatch.setitem(dl.DATASETS, "ml-100k", spec)
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        with pytest.raises(SystemExit) as e:
+            main(["data", "download", "ml-100k", "--root", str(tmp_path / "data"), "--url", base])
+        assert e.value.code == 0
+        out = capsys.readouterr().out.strip().splitlines()[-1]
+        assert (Path(out) / "u.data").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+    # a closed port stands for "no internet": a clear message, exit code 1
+    with pytest.raises(SystemExit) as e:
+        main(["data", "download", "ml-100k", "--root", str(tmp_path / "other"), "--url", base])
+    assert e.value.code == 1
+    assert "127.0.0.1" in capsys.readouterr().err

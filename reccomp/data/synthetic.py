@@ -116,7 +116,8 @@ def _distinct_items(
         if len(known):
             new = new[known[pos] != new]
         by_key = np.argsort(new, kind="stable")
-        first = np.r_[True, new[by_key][1:] != new[by_key][:-1]]
+        first = np.ones(len(new), dtype=bool)
+        first[1:] = new[by_key][1:] != new[by_key][:-1]
         new = new[np.sort(by_key[first])]
         # keep at most need[u] of them per user, in draw order
         u = new // n_items
@@ -299,6 +300,7 @@ def synthetic_criteo(
     dense_std: float = 0.4,
     dense_interaction_std: float = 0.3,
     learnable_p: float = 3e-5,
+    interaction_learnable_p: float = 1e-3,
     missing_rate: float = 0.03,
     seed: int = 0,
 ) -> RawData:
@@ -355,6 +357,7 @@ def synthetic_criteo(
         sparse[f"C{f + 1}"] = np.where(miss, 0, ids[np.minimum(c, card - 1)]).astype(np.int64)
         missing[f"C{f + 1}"] = miss
     shrink = [p / (p + learnable_p) for p in probs]  # (card + 1,) per field
+    shrink_2 = [p / (p + interaction_learnable_p) for p in probs]  # the same for interactions
 
     # first-order weights, scaled to their share of the logit's spread
     w = [_centre(rng.normal(0.0, 1.0, len(p)) * s, p) for p, s in zip(probs, shrink, strict=True)]
@@ -378,7 +381,7 @@ def synthetic_criteo(
     pairs = [all_pairs[i] for i in sorted(rng.choice(len(all_pairs), n_pairs, replace=False))]
     factors = [
         _centre(rng.normal(0.0, 1.0, (len(p), rank)) * s[:, None], p)
-        for p, s in zip(probs, shrink, strict=True)
+        for p, s in zip(probs, shrink_2, strict=True)
     ]  # (card + 1, R) per field
     moments = [v.T @ (v * p[:, None]) for v, p in zip(factors, probs, strict=True)]  # (R, R)
     var = sum(float(np.sum(moments[a] * moments[b])) for a, b in pairs)
@@ -395,7 +398,7 @@ def synthetic_criteo(
     if n_dense:
         for k in range(n_dense_interactions):
             dense_pairs.append((int(rng.integers(n_dense)), k % min(n_sparse, 8)))
-        t = [_centre(rng.normal(0.0, 1.0, len(probs[f])) * shrink[f], probs[f]) for _, f in dense_pairs]
+        t = [_centre(rng.normal(0.0, 1.0, len(probs[f])) * shrink_2[f], probs[f]) for _, f in dense_pairs]
         var = sum(float(probs[f] @ tk**2) for (_, f), tk in zip(dense_pairs, t, strict=True))
         scale = dense_interaction_std / max(var, 1e-12) ** 0.5
         for (j, f), tk in zip(dense_pairs, t, strict=True):
@@ -411,6 +414,7 @@ def synthetic_criteo(
         n_dense_interactions=n_dense_interactions, ctr=ctr, first_order_std=first_order_std,
         interaction_std=interaction_std, dense_std=dense_std,
         dense_interaction_std=dense_interaction_std, learnable_p=learnable_p,
+        interaction_learnable_p=interaction_learnable_p,
         missing_rate=missing_rate, seed=seed,
     )  # fmt: skip
     return RawData(

@@ -17,6 +17,7 @@ Example (YAML)::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -55,7 +56,7 @@ class RecTask(pl.LightningModule):
     def __init__(
         self,
         model: ModelFactory,
-        embeddings: EmbeddingSpec | None = None,
+        embeddings: EmbeddingSpec = EmbeddingSpec(),  # noqa: B008  (a frozen-in default, copied)
         optimizer: OptimizerFactory = _default_optimizer,
         early_stopping_patience: int | None = None,
         schema: dict[str, Any] | None = None,
@@ -65,7 +66,7 @@ class RecTask(pl.LightningModule):
             raise ValueError("a task needs the data schema (the CLI links it from the data module)")
         if isinstance(schema, Schema):
             schema = schema.to_dict()
-        embeddings = embeddings or EmbeddingSpec()
+        embeddings = dataclasses.replace(embeddings)  # never share the default instance
         self.save_hyperparameters(ignore=["model", "optimizer"])
         self.schema = Schema.from_dict(schema)
         self.spec = embeddings

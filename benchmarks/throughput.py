@@ -1,0 +1,222 @@
+"""Training throughput: reccomp (TorchRec + FBGEMM, Lightning) against plain PyTorch.
+
+Times training steps at batch 4096 on synthetic-criteo (13 dense + 26 categorical fields),
+in one run, for two models:
+
+* ``fm``: embedding-bound: 26 fields of dim 64 and an FM head (DeepFM without hidden
+  layers), so the embedding lookups and their optimizer dominate;
+* ``dlrm``: DLRM with bottom MLP 512-256-64 and top MLP 512-256-1, bound by the dense layers;
+  the script also prints the share of the machine's matrix-multiply rate it reaches.
+
+reccomp runs through ``lightning.Trainer.fit`` with the real task, data module iterator and
+fused FBGEMM embedding collection; the reference is a plain loop with one
+``nn.EmbeddingBag(sparse=True)`` per field, the same dense layers, ``torch.optim.Adagrad``
+for the tables and ``torch.optim.Adam`` for the rest, fed from the same tensors.
+The two sides alternate in rounds so machine noise hits both; medians of step times.
+
+    python benchmarks/throughput.py [--rows 500000] [--steps 30] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from reccomp.data.datamodule import RecDataModule
+from reccomp.data.loader import BatchIterator, SplitTensors
+from reccomp.models import DLRM, DeepFM
+from reccomp.modules.embedding import EmbeddingSpec
+from reccomp.tasks import CTRTask
+
+BATCH = 4096
+DIM = 64
+
+
+class StepTimer(pl.Callback):
+    """Wall time between consecutive ends of training steps (loader + step + glue)."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.last, self.times = warmup, 0.0, []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        now = time.perf_counter()
+        if trainer.global_step > self.warmup:
+            self.times.append(now - self.last)
+        self.last = now
+
+
+def time_reccomp(dm: RecDataModule, factory: Callable, steps: int, warmup: int = 10) -> list[float]:
+    spec = EmbeddingSpec(dim=DIM, optimizer="adagrad", lr=0.05, init_std=0.05)
+    task = CTRTask(factory, embeddings=spec, schema=dm.schema_dict)
+    timer = StepTimer(warmup)
+    trainer = pl.Trainer(
+        max_steps=warmup + steps + 1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        inference_mode=False,
+        callbacks=[timer],
+    )
+    trainer.fit(task, train_dataloaders=dm.train_dataloader())
+    return timer.times
+
+
+class RefEmbeddings(nn.Module):
+    """One ``nn.EmbeddingBag(sparse=True)`` per field: the plain-PyTorch baseline."""
+
+    def __init__(self, cards: list[int], dim: int) -> None:
+        super().__init__()
+        self.bags = nn.ModuleList(nn.EmbeddingBag(c, dim, mode="sum", sparse=True) for c in cards)
+        for b in self.bags:
+            nn.init.normal_(b.weight, std=0.05)
+
+    def forward(self, sparse: torch.Tensor) -> torch.Tensor:  # (B, F) -> (B, F, D)
+        return torch.stack([bag(sparse[:, i : i + 1]) for i, bag in enumerate(self.bags)], 1)
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class RefFM(nn.Module):
+    def __init__(self, cards: list[int], num_dense: int) -> None:
+        super().__init__()
+        self.emb = RefEmbeddings(cards, DIM)
+        self.dense_linear = nn.Linear(num_dense, 1, bias=False)
+        self.deep = nn.Linear(len(cards) * (DIM - 1) + num_dense, 1)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        rows = self.emb(sparse)  # (B, F, D)
+        factors, first = rows[..., :-1], rows[..., -1].sum(1)  # (B, F, k), (B,)
+        fm = 0.5 * (factors.sum(1).square() - factors.square().sum(1)).sum(1)  # (B,)
+        deep = self.deep(torch.cat([factors.flatten(1), dense], 1)).squeeze(1)
+        return self.bias + first + self.dense_linear(dense).squeeze(1) + fm + deep
+
+
+class RefDLRM(nn.Module):
+    def __init__(self, cards: list[int], num_dense: int) -> None:
+        super().__init__()
+        self.emb = RefEmbeddings(cards, DIM)
+        self.bottom = mlp([num_dense, 512, 256, DIM])
+        n = len(cards) + 1
+        self.register_buffer("pairs", torch.triu_indices(n, n, 1))
+        self.top = nn.Sequential(mlp([DIM + n * (n - 1) // 2, 512, 256]), nn.Linear(256, 1))
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        head = self.bottom(dense)  # (B, D)
+        stack = torch.cat([head.unsqueeze(1), self.emb(sparse)], 1)  # (B, F+1, D)
+        gram = torch.bmm(stack, stack.transpose(1, 2))  # (B, n, n)
+        dots = gram[:, self.pairs[0], self.pairs[1]]  # (B, n(n-1)/2)
+        return self.top(torch.cat([head, dots], 1)).squeeze(1)
+
+
+def time_reference(data: SplitTensors, model: nn.Module, steps: int, warmup: int = 10) -> list[float]:
+    sparse_params = list(model.emb.parameters())
+    ids = {id(p) for p in sparse_params}
+    dense_params = [p for p in model.parameters() if id(p) not in ids]
+    opt_s = torch.optim.Adagrad(sparse_params, lr=0.05)
+    opt_d = torch.optim.Adam(dense_params, lr=1e-3)
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    shuffled = data.take(perm)
+    times, last = [], time.perf_counter()
+    for step in range(warmup + steps + 1):
+        s = slice(step * BATCH, (step + 1) * BATCH)
+        dense, sparse, label = shuffled.dense[s], shuffled.sparse[s], shuffled.label[s]
+        loss = nn.functional.binary_cross_entropy_with_logits(model(dense, sparse), label)
+        opt_s.zero_grad()
+        opt_d.zero_grad()
+        loss.backward()
+        opt_s.step()
+        opt_d.step()
+        now = time.perf_counter()
+        if step > warmup:
+            times.append(now - last)
+        last = now
+    return times
+
+
+def matmul_rate(n: int = 4096, k: int = 512, reps: int = 20) -> float:
+    """FLOP/s of fp32 (n, k) @ (k, k) matrix multiplies, the dense layers' ceiling."""
+    a, b = torch.randn(n, k), torch.randn(k, k)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n * k * k * reps / (time.perf_counter() - t)
+
+
+def dlrm_dense_flops(num_dense: int, num_fields: int) -> float:
+    """Matrix-multiply FLOPs of one DLRM training step (forward + 2x for backward)."""
+    n = num_fields + 1
+    dims = [(num_dense, 512), (512, 256), (256, DIM), (DIM + n * (n - 1) // 2, 512), (512, 256), (256, 1)]
+    fwd = sum(2 * BATCH * a * b for a, b in dims) + 2 * BATCH * n * n * DIM  # + interaction bmm
+    return 3.0 * fwd
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=500_000)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, dim {DIM}")
+    with tempfile.TemporaryDirectory() as cache:
+        dm = RecDataModule(
+            dataset="synthetic-criteo", task="ctr", batch_size=BATCH, cache_dir=cache,
+            synthetic={"n_rows": args.rows, "seed": 0},
+        )
+        dm.setup()
+        schema = dm.schema
+        train = dm.tensors_["train"]
+        cards = [f.cardinality for f in schema.sparse]
+        print(f"synthetic-criteo: {len(train):,} training rows, {sum(cards):,} embedding rows")
+
+        it = BatchIterator(train, schema.feature_names, BATCH, shuffle=True)
+        t = time.perf_counter()
+        n = sum(len(b) for b in it)
+        loader_rate = n / (time.perf_counter() - t)
+        print(f"\ndata loader: {loader_rate / 1e6:.2f} M samples/s (one shuffled epoch, KJT batches)")
+
+        models = {
+            "fm": (lambda e, d: DeepFM(e, d, deep_mlp=()), RefFM),
+            "dlrm": (lambda e, d: DLRM(e, d, bottom_mlp=(512, 256), top_mlp=(512, 256)), RefDLRM),
+        }
+        results: dict[str, dict[str, list[float]]] = {m: {"reccomp": [], "reference": []} for m in models}
+        for r in range(args.rounds):
+            for name, (factory, ref_cls) in models.items():
+                results[name]["reference"] += time_reference(train, ref_cls(cards, schema.num_dense), args.steps)
+                results[name]["reccomp"] += time_reccomp(dm, factory, args.steps)
+                med = {k: statistics.median(v) for k, v in results[name].items()}
+                print(f"round {r + 1} {name}: reccomp {med['reccomp'] * 1e3:.1f} ms, reference {med['reference'] * 1e3:.1f} ms")
+        rate = matmul_rate()
+        print(f"\nmatrix multiply ((4096x512) @ (512x512), fp32): {rate / 1e9:.1f} GFLOP/s")
+        print(f"\n{'model':<6}{'reccomp ms/step':>17}{'reference ms/step':>19}{'speed-up':>10}{'samples/s':>12}")
+        for name, res in results.items():
+            a, b = statistics.median(res["reccomp"]), statistics.median(res["reference"])
+            print(f"{name:<6}{a * 1e3:>17.1f}{b * 1e3:>19.1f}{b / a:>9.2f}x{BATCH / a:>12,.0f}")
+        a = statistics.median(results["dlrm"]["reccomp"])
+        flops = dlrm_dense_flops(schema.num_dense, len(cards))
+        print(
+            f"\nDLRM dense layers: {flops / 1e9:.2f} GFLOP per step -> {flops / a / 1e9:.1f} GFLOP/s, "
+            f"{flops / a / rate:.0%} of the matrix-multiply rate"
+        )
+
+
+if __name__ == "__main__":
+    main()
