@@ -3,33 +3,33 @@
 Each line holds 40 tab-separated fields: the click label (0/1), 13 integer features
 ``I1..I13`` and 26 categorical features ``C1..C26`` (32-bit hashes written as 8 hex digits);
 an empty field is a missing value. Files can be larger than memory, so they are streamed in
-byte chunks and memory stays bounded by the chunk size plus the vocabularies.
+byte chunks, and memory stays bounded by the chunk size plus the vocabularies.
 
-How (and why this way): parsing text is the dominant cost (pyarrow's CSV reader, ~2 CPU
-seconds per million lines), so every line is parsed exactly once.
+Parsing text is the dominant cost (pyarrow's CSV reader, ~1.7 CPU seconds per million
+lines), so every line is parsed exactly once:
 
-* A fast newline count fixes the row of every split before parsing: a line's split depends
-  only on its global line index (``random``: a seeded hash of the index; ``temporal``: a cut
-  at ``fractions`` of the line count), so the split arrays are opened at their final size.
-* Pass 1 parses each chunk (in a reader thread, overlapping the numpy work), writes ``label``
-  and the transformed ``dense`` arrays, counts categorical values on training rows and writes
-  a *provisional* id per value into ``sparse.npy`` (id 0 = missing; ids number distinct
-  values in order of first appearance).
-* Pass 2 maps provisional ids to final rows in place with one lookup table per field:
+* A line's split depends only on its global line index: ``random`` draws it from a seeded
+  hash of the index, ``temporal`` cuts at ``fractions`` of the line count (which a fast
+  newline count finds first). Chunk sizes therefore never change the result.
+* Pass 1: a reader thread reads chunks into one reused buffer and parses them, categoricals
+  as 8-byte strings (one uint64 each). The main thread hashes each categorical column of the
+  chunk (``dictionary_encode``), decodes only the distinct strings, gives every value a
+  *provisional* id (0 = missing; 1, 2, ... in order of first appearance), counts values on
+  training rows, and appends label, transformed dense and provisional ids to the split's
+  ``.npy`` files (the header gets the row count at the end).
+* Pass 2 maps provisional ids to final rows in place, one lookup table for all fields:
   raw value ``vocab[i]`` -> row ``i + 2``, rare or unseen -> row 0, missing -> row 1
-  (:mod:`reccomp.data.schema`). Lines skipped as malformed leave the arrays a little shorter
-  than allotted: their files are cut to the rows written.
+  (:mod:`reccomp.data.schema`). It reads back 104 bytes per row, not the ~240-byte line.
 
 Example::
 
-    >>> w = CacheWriter(tmp / "prep")                              # doctest: +SKIP
+    >>> w = CacheWriter(tmp / "prep")  # doctest: +SKIP
     >>> schema = prepare_criteo([Path("train.txt")], w, split=SplitConfig())  # doctest: +SKIP
-    >>> w.finish(schema)  # the caller finishes (and may add stats first)  # doctest: +SKIP
+    >>> w.finish(schema)  # the caller finishes the writer, after adding stats if it likes  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import io
 import math
 import queue
 import threading
@@ -55,7 +55,10 @@ SPARSE_NAMES = [f"C{i}" for i in range(1, N_SPARSE + 1)]
 COLUMNS = ["label", *DENSE_NAMES, *SPARSE_NAMES]
 
 _U64 = np.uint64
-_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+# byte -> its two lowercase hex characters, as the uint16 whose memory holds them in order
+_HEX_BYTES = np.array(
+    [int.from_bytes(f"{b:02x}".encode(), "little") for b in range(256)], np.uint16
+)
 
 
 # -- writing (tests, benchmarks, synthetic data) -----------------------------------------------
@@ -65,13 +68,12 @@ def _hex_column(values: np.ndarray) -> pa.Array:
     if len(v) and (v.min() < -1 or v.max() >= 2**32):
         raise ValueError("categorical values must lie in [0, 2**32) or be -1 (missing)")
     present = v >= 0
-    u = v[present].astype(np.uint32)
-    shifts = np.arange(28, -1, -4, dtype=np.uint32)
-    chars = _HEX[(u[:, None] >> shifts) & 0xF]  # (M, 8) first digit = highest nibble
-    offsets = np.zeros(len(v) + 1, np.int32)
-    np.cumsum(np.where(present, 8, 0), out=offsets[1:])
+    big_endian = v[present].astype(">u4").view(np.uint8)  # (M * 4,) highest byte first
+    chars = _HEX_BYTES[big_endian]  # (M * 4,) two characters per byte
+    offsets = np.zeros(len(v) + 1, np.int64)
+    np.cumsum(present * 8, out=offsets[1:])
     return pa.Array.from_buffers(
-        pa.string(), len(v), [None, pa.py_buffer(offsets), pa.py_buffer(chars.reshape(-1))]
+        pa.large_string(), len(v), [None, pa.py_buffer(offsets), pa.py_buffer(chars)]
     )
 
 
@@ -92,11 +94,11 @@ def write_criteo_tsv(path: Path, label: np.ndarray, dense: np.ndarray, cat: np.n
     if dense.shape != (n, N_DENSE) or cat.shape != (n, N_SPARSE):
         raise ValueError(f"need dense (N, 13) and cat (N, 26), got {dense.shape}, {cat.shape}")
     cols: dict[str, pa.Array] = {"label": pa.array(label.astype(np.int64))}
-    for j, name in enumerate(DENSE_NAMES):
-        miss = np.isnan(dense[:, j])
-        cols[name] = pa.array(np.rint(np.where(miss, 0, dense[:, j])).astype(np.int64), mask=miss)
-    for j, name in enumerate(SPARSE_NAMES):
-        cols[name] = _hex_column(cat[:, j])
+    for name, x in zip(DENSE_NAMES, np.ascontiguousarray(dense.T), strict=True):  # (N,) each
+        miss = np.isnan(x)
+        cols[name] = pa.array(np.rint(np.where(miss, 0, x)).astype(np.int64), mask=miss)
+    for name, x in zip(SPARSE_NAMES, np.ascontiguousarray(cat.T), strict=True):
+        cols[name] = _hex_column(x)
     opts = pv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
     pv.write_csv(pa.table(cols), str(path), opts)
 
@@ -104,29 +106,56 @@ def write_criteo_tsv(path: Path, label: np.ndarray, dense: np.ndarray, cat: np.n
 # -- reading chunks ----------------------------------------------------------------------------
 @dataclass
 class _Chunk:
-    """Whole lines of one file: ``data`` ends with a newline; its first line is ``first``."""
+    """Whole lines of file ``file`` (``n_lines`` of them, or ``None``: not counted yet): the
+    first ``size`` bytes of ``buf``, ending with a newline, valid until the next chunk."""
 
     file: int
-    first: int  # global 0-based index of the chunk's first line
-    n_lines: int
-    data: bytes
+    n_lines: int | None
+    buf: bytearray
+    size: int
+
+    def count(self, sub: bytes) -> int:
+        return self.buf.count(sub, 0, self.size)
 
 
-@dataclass
-class _Parsed:
-    """A parsed chunk: rows that passed the column checks, their global line indices, events."""
+def _iter_chunks(paths: list[Path], chunk_bytes: int, max_rows: int | None) -> Iterator[_Chunk]:
+    """Whole lines, about ``chunk_bytes`` at a time, ``max_rows`` lines at most in all.
 
-    file: int
-    table: pa.Table
-    lines: np.ndarray  # (N,) int64 global line index of each row
-    n_lines: int
-    skipped: list[tuple[int, str]] = field(default_factory=list)  # (global line, why)
-    padded: int = 0
+    One buffer is reused (fresh 32 MiB buffers cost page faults) and handed out as a view.
+    Lines are counted only to stop at ``max_rows``: parsing counts them anyway.
+    """
+    buf, left = bytearray(chunk_bytes), math.inf if max_rows is None else max_rows
+    for i, p in enumerate(paths):
+        held = 0  # the start of buf holds an incomplete line
+        with open(p, "rb") as f:
+            while left > 0:
+                if held == len(buf):  # a line longer than the buffer: make room
+                    buf = buf + bytearray(len(buf))
+                end = held + f.readinto(memoryview(buf)[held:])
+                if end == held:  # end of file
+                    if not held:
+                        break
+                    if held == len(buf):
+                        buf = buf + bytearray(1)
+                    buf[held], end = 10, held + 1  # the last line had no newline
+                cut = buf.rfind(b"\n", 0, end) + 1
+                if not cut:  # no complete line yet: read on
+                    held = end
+                    continue
+                k = buf.count(b"\n", 0, cut) if max_rows is not None else None
+                if k is not None and k > left:  # max_rows ends inside this chunk
+                    ends = np.flatnonzero(np.frombuffer(buf, np.uint8, cut) == 10)
+                    cut, k = int(ends[int(left) - 1]) + 1, int(left)
+                    end = cut
+                yield _Chunk(i, k, buf, cut)
+                left -= k or 0
+                held = end - cut
+                buf[:held] = buf[cut:end]  # keep the incomplete line
 
 
-def _count_lines(paths: list[Path], max_rows: int | None) -> list[int]:
-    """Lines per file (a last line without newline counts), ``max_rows`` at most in all."""
-    counts, left = [], math.inf if max_rows is None else max_rows
+def _count_lines(paths: list[Path], max_rows: int | None) -> int:
+    """Lines in all files (a last line without newline counts), ``max_rows`` at most."""
+    total, left = 0, math.inf if max_rows is None else max_rows
     for p in paths:
         n, last = 0, b"\n"
         with open(p, "rb") as f:
@@ -134,36 +163,28 @@ def _count_lines(paths: list[Path], max_rows: int | None) -> list[int]:
                 n += buf.count(b"\n")
                 last = buf[-1:]
         n = int(min(n + (last != b"\n"), left))
-        left -= n
-        counts.append(n)
-    return counts
+        total, left = total + n, left - n
+    return total
 
 
-def _iter_chunks(paths: list[Path], counts: list[int], chunk_bytes: int) -> Iterator[_Chunk]:
-    """Whole lines, about ``chunk_bytes`` at a time, ``counts[i]`` lines of file ``i``."""
-    first = 0
-    for i, (p, n) in enumerate(zip(paths, counts, strict=True)):
-        done, rest = 0, b""
-        with open(p, "rb") as f:
-            while done < n:
-                buf = f.read(chunk_bytes)
-                data = rest + buf
-                if buf and data.rfind(b"\n") < 0:  # a line longer than a chunk: read on
-                    rest = data
-                    continue
-                if not buf and not data.endswith(b"\n"):
-                    data += b"\n"  # the last line has no newline
-                cut = data.rfind(b"\n") + 1
-                data, rest = data[:cut], data[cut:]
-                k = data.count(b"\n")
-                if k > n - done:  # max_rows ends inside this chunk
-                    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
-                    data, k = data[: ends[n - done - 1] + 1], n - done
-                yield _Chunk(i, first + done, k, data)
-                done += k
-                if not buf:
-                    break
-        first += n
+@dataclass
+class _Parsed:
+    """A chunk as arrays: rows that passed the column checks, their global line indices,
+    and the lines skipped so far."""
+
+    file: int
+    first: int  # global index of the chunk's first line
+    n_lines: int
+    lines: np.ndarray  # (N,) int64 global line index of each row
+    label: np.ndarray  # (N,) int64, -1 = empty
+    dense: np.ndarray  # (13, N) float32, transformed
+    keys: np.ndarray  # (26, N) uint64 raw bytes of each categorical, 0 = missing
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (global line, why)
+    padded: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # global lines
+
+    def select(self, keep: np.ndarray) -> None:
+        self.lines, self.label = self.lines[keep], self.label[keep]
+        self.dense, self.keys = self.dense[:, keep], self.keys[:, keep]
 
 
 _READ = pv.ReadOptions(column_names=COLUMNS, block_size=1 << 20, use_threads=False)
@@ -173,7 +194,7 @@ _TYPES = {**dict.fromkeys(_NUMERIC, pa.int64()), **dict.fromkeys(SPARSE_NAMES, p
 _INT_RE = r"^-?[0-9]{1,18}$"  # what pyarrow's int64 conversion accepts, bounded to fit
 
 
-def _read(data: bytes, types: dict[str, pa.DataType], on_invalid=None) -> pa.Table:
+def _read(data: bytes | memoryview, types: dict[str, pa.DataType], on_invalid=None) -> pa.Table:
     parse = pv.ParseOptions(
         delimiter="\t",
         quote_char=False,
@@ -188,31 +209,44 @@ def _read(data: bytes, types: dict[str, pa.DataType], on_invalid=None) -> pa.Tab
     return pv.read_csv(pa.py_buffer(data), _READ, parse, convert)
 
 
-def _parse(chunk: _Chunk) -> _Parsed:
-    """Fast path: one typed read. A chunk with any bad line is re-read the slow way."""
-    n = chunk.n_lines
-    invalid: list[object] = []
+def _parse(chunk: _Chunk, first: int) -> _Parsed:
+    """Text -> arrays; ``first`` is the global index of the chunk's first line. Fast path:
+    one typed read; a chunk with a bad line goes the slow way."""
+    data, n, invalid = memoryview(chunk.buf)[: chunk.size], chunk.n_lines, []
+    if n is None and chunk.buf.find(b"\r", 0, chunk.size) >= 0:  # "\r" ends rows too:
+        n = chunk.count(b"\n")  # count lines to be sure
     try:
-        table = _read(chunk.data, _TYPES, lambda row: invalid.append(row) or "skip")
-        # a missing label may be an empty line, which the reader turns into a row of nulls
-        if not invalid and table.num_rows == n and not table["label"].null_count:
-            return _Parsed(chunk.file, table, np.arange(chunk.first, chunk.first + n), n)
+        table = _read(data, _TYPES, lambda row: invalid.append(row) or "skip")
+        # rows are lines unless a line was dropped or an empty line became a row of nulls
+        ok = not invalid and n in (None, table.num_rows) and not table["label"].null_count
     except pa.ArrowInvalid:  # a non-integer number, or a categorical not 8 characters long
-        pass
-    return _parse_slow(chunk, n)
+        ok = False
+    if ok:
+        n, skipped, padded = table.num_rows, [], np.empty(0, np.int64)
+        lines = np.arange(first, first + n)
+    else:
+        n = n if n is not None else chunk.count(b"\n")
+        table, lines, skipped, padded = _parse_slow(data, n, first)
+    keys = np.empty((N_SPARSE, table.num_rows), _U64)
+    for c, out in zip(SPARSE_NAMES, keys, strict=True):
+        _raw_keys(table[c], out)
+    label = pc.fill_null(table["label"], -1).to_numpy()
+    return _Parsed(chunk.file, first, n, lines, label, _dense(table), keys, skipped, padded)
 
 
-def _parse_slow(chunk: _Chunk, n: int) -> _Parsed:
-    """Split lines in Python (rare chunks only): pad short lines, drop bad ones, re-read."""
-    lines = [line.removesuffix(b"\r") for line in chunk.data.split(b"\n")[:n]]
-    out = _Parsed(chunk.file, pa.table({}), np.empty(0, np.int64), n)
-    keep, padded = [], np.zeros(n, bool)
+def _parse_slow(
+    data: memoryview, n: int, first: int
+) -> tuple[pa.Table, np.ndarray, list, np.ndarray]:
+    """Split lines in Python (rare chunks only): pad short lines, drop bad ones, re-read.
+    Returns the table, the global line index of its rows, skip events and padded lines."""
+    lines = [line.removesuffix(b"\r") for line in bytes(data).split(b"\n")[:n]]
+    keep, padded, skipped = [], np.zeros(n, bool), []
     for i, line in enumerate(lines):
         k = line.count(b"\t") + 1
         if k < 2 or k > N_COLUMNS:
-            out.skipped.append((chunk.first + i, f"expected {N_COLUMNS} columns, got {k}"))
+            skipped.append((first + i, f"expected {N_COLUMNS} columns, got {k}"))
         elif b"\r" in line:  # the CSV reader would end the line there
-            out.skipped.append((chunk.first + i, "carriage return inside the line"))
+            skipped.append((first + i, "carriage return inside the line"))
         else:
             lines[i] += b"\t" * (N_COLUMNS - k)  # trailing empty fields were stripped
             padded[i] = k < N_COLUMNS
@@ -229,12 +263,11 @@ def _parse_slow(chunk: _Chunk, n: int) -> _Parsed:
                 good = pc.or_(pc.equal(col, b""), pc.match_substring_regex(col, _INT_RE))
             bad = ~good.to_numpy(zero_copy_only=False) & ok
             what = "not 8 characters" if c in SPARSE_NAMES else "not an integer"
-            out.skipped += [(chunk.first + idx[i], f"{c} is {what}") for i in np.flatnonzero(bad)]
+            skipped += [(first + idx[i], f"{c} is {what}") for i in np.flatnonzero(bad)]
             ok &= ~bad
         idx = idx[ok]
-    out.lines, out.padded = chunk.first + idx, int(padded[idx].sum())
-    out.table = _read_lines([lines[i] for i in idx], _TYPES)
-    return out
+    table = _read_lines([lines[i] for i in idx], _TYPES)
+    return table, first + idx, skipped, first + idx[padded[idx]]
 
 
 def _read_lines(lines: list[bytes], types: dict[str, pa.DataType]) -> pa.Table:
@@ -247,8 +280,9 @@ def _read_lines(lines: list[bytes], types: dict[str, pa.DataType]) -> pa.Table:
     return table
 
 
-def _parsed_chunks(paths: list[Path], counts: list[int], chunk_bytes: int) -> Iterator[_Parsed]:
-    """Parse in a background thread (pyarrow releases the GIL) while the caller encodes."""
+def _parsed_chunks(paths: list[Path], chunk_bytes: int, max_rows: int | None) -> Iterator[_Parsed]:
+    """Read and parse in a background thread (pyarrow and numpy release the GIL) while the
+    caller encodes the previous chunk."""
     q: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
 
@@ -261,10 +295,13 @@ def _parsed_chunks(paths: list[Path], counts: list[int], chunk_bytes: int) -> It
 
     def work() -> None:
         try:
-            for chunk in _iter_chunks(paths, counts, chunk_bytes):
+            first = 0
+            for chunk in _iter_chunks(paths, chunk_bytes, max_rows):
                 if stop.is_set():
                     return
-                put(_parse(chunk))
+                part = _parse(chunk, first)
+                first += part.n_lines
+                put(part)
             put(None)
         except BaseException as e:  # handed to the consumer, which re-raises it
             put(e)
@@ -295,32 +332,30 @@ def _hex_pairs() -> np.ndarray:
 _HEX_PAIRS = _hex_pairs()
 
 
-def _raw_keys(col: pa.ChunkedArray) -> np.ndarray:
-    """(N,) uint64: the 8 bytes of each value, 0 where missing (no valid value is 0)."""
-    out = np.empty(len(col), _U64)
-    a = 0
-    for arr in col.chunks:
-        validity, data = arr.buffers()
-        raw = np.frombuffer(data, _U64, len(arr), arr.offset)
-        if arr.null_count:  # null slots hold zeros in practice, but Arrow does not promise it
-            bits = np.unpackbits(
-                np.frombuffer(validity, np.uint8), count=arr.offset + len(arr), bitorder="little"
-            )
-            np.multiply(raw, bits[arr.offset :].view(bool), out=out[a : a + len(arr)])
-        else:
-            out[a : a + len(arr)] = raw
-        a += len(arr)
-    return out
+def _raw_keys(col: pa.ChunkedArray, out: np.ndarray) -> np.ndarray:
+    """Fill (N,) uint64 ``out`` with the 8 bytes of each value, 0 where missing (no valid
+    value is 0)."""
+    arr = col.combine_chunks()
+    validity, data = arr.buffers()
+    raw = np.frombuffer(data, _U64, len(arr), arr.offset)
+    if not arr.null_count:
+        out[:] = raw
+        return out
+    # null slots hold zeros in practice, but Arrow does not promise it
+    bits = np.unpackbits(
+        np.frombuffer(validity, np.uint8), count=arr.offset + len(arr), bitorder="little"
+    )
+    return np.multiply(raw, bits[arr.offset :].view(bool), out=out)
 
 
-def _encode_column(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One chunk of a categorical column -> ``(local, values, bad)``.
+def _encode_column(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N,) raw uint64 keys of one chunk -> ``(local, values, bad)``.
 
     ``local`` (N,) int32 indexes the chunk's distinct strings; ``values`` (K,) int64 is the
     integer of each distinct string (-1: missing); ``bad`` (K,) marks strings that are not
     hex. Hashing the raw bytes is the only per-value work: only distinct strings are decoded.
     """
-    enc = pc.dictionary_encode(pa.array(_raw_keys(col)))
+    enc = pc.dictionary_encode(pa.array(raw))
     distinct = enc.dictionary.to_numpy()  # (K,) uint64
     pairs = np.take(_HEX_PAIRS, distinct.view(np.uint16)).reshape(-1, 4)  # (K, 4) bytes or 256
     values = pairs.astype(np.uint8).view(">u4")[:, 0].astype(np.int64)  # first byte highest
@@ -352,31 +387,33 @@ class _FieldIds:
         """(K,) int64 values (-1 = missing; repeats allowed) -> (K,) int32 ids; new values
         get new ids."""
         where = np.flatnonzero(values >= 0)
-        q = np.sort(_pack(values[where], where))  # sorted queries search faster
-        rows = (q & _U64(0xFFFFFFFF)).astype(np.int64)
-        q = q >> _U64(32) << _U64(32)
-        first = np.ones(len(q), bool)
-        first[1:] = q[1:] != q[:-1]
+        packed = np.sort(_pack(values[where], where))  # sorted queries search faster
+        q = packed >> _U64(32)  # (Q,) sorted values
+        repeat = q[1:] == q[:-1]  # (Q - 1,) e.g. upper and lower case of one value
+        first = np.concatenate([[True], ~repeat]) if repeat.any() else slice(None)
         ids = np.zeros(len(q), _U64)  # 0 = not seen yet
         for level in self.levels:
             if len(level):
-                pos = np.minimum(np.searchsorted(level, q), len(level) - 1)
-                hit = (level[pos] >> _U64(32)) == (q >> _U64(32))
+                pos = np.minimum(np.searchsorted(level, q << _U64(32)), len(level) - 1)
+                hit = (level[pos] >> _U64(32)) == q
                 ids[hit] = level[pos[hit]] & _U64(0xFFFFFFFF)
-        new = first & (ids == 0)
-        if k := int(new.sum()):
-            ids[new] = np.arange(self.n_ids, self.n_ids + k, dtype=_U64)
-            self.n_ids += k
-            small = np.sort(np.concatenate([self.levels[1], q[new] | ids[new]]))
+        new = np.flatnonzero(ids == 0)
+        if isinstance(first, np.ndarray):
+            new = new[first[new]]
+        if len(new):
+            ids[new] = np.arange(self.n_ids, self.n_ids + len(new), dtype=_U64)
+            self.n_ids += len(new)
+            small = np.sort(np.concatenate([self.levels[1], (q[new] << _U64(32)) | ids[new]]))
             if len(small) > len(self.levels[0]) // 4:
                 self.levels = [np.sort(np.concatenate([self.levels[0], small])), small[:0]]
             else:
                 self.levels[1] = small
             if self.n_ids > len(self.counts):
                 self.counts = np.concatenate([self.counts, np.zeros(self.n_ids, np.int64)])
-        ids = ids[first][np.cumsum(first) - 1]  # repeats (e.g. upper case) share an id
+        if isinstance(first, np.ndarray):
+            ids = ids[first][np.cumsum(first) - 1]  # repeats take the id of their first
         out = np.zeros(len(values), np.int32)
-        out[rows] = ids
+        out[(packed & _U64(0xFFFFFFFF)).astype(np.intp)] = ids
         return out
 
     def table(self, min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -412,37 +449,49 @@ def _uniform(lines: np.ndarray, seed: int) -> np.ndarray:
     return (z >> _U64(11)).astype(np.float64) * 2.0**-53
 
 
+def _temporal_cuts(split: SplitConfig, total: int) -> tuple[int, int]:
+    """First val and first test line of a temporal split, rounded as ``split_indices`` does."""
+    f = split.fractions
+    return round(total * f[0]), round(total * (f[0] + f[1]))
+
+
 def _split_of(lines: np.ndarray, split: SplitConfig, total: int) -> np.ndarray:
     """(N,) global line indices -> (N,) uint8 split codes (0 train, 1 val, 2 test)."""
     if split.kind == "random":
         bounds = np.cumsum(split.fractions[:2])
         return np.searchsorted(bounds, _uniform(lines, split.seed), side="right").astype(np.uint8)
-    # temporal: a global cut by line order, rounded as splits.split_indices rounds it
-    a = round(total * split.fractions[0])
-    b = round(total * (split.fractions[0] + split.fractions[1]))
-    return ((lines >= a).astype(np.uint8) + (lines >= b)).astype(np.uint8)
-
-
-def _split_sizes(split: SplitConfig, total: int, block: int = 1 << 22) -> list[int]:
-    """Lines per split, before any line is read (skipped lines are taken off later)."""
-    sizes = np.zeros(3, np.int64)
-    for start in range(0, total, block):
-        lines = np.arange(start, min(start + block, total))
-        sizes += np.bincount(_split_of(lines, split, total), minlength=3)
-    return [int(s) for s in sizes]
+    a, b = _temporal_cuts(split, total)
+    return (lines >= a).astype(np.uint8) + (lines >= b)
 
 
 # -- preprocessing -----------------------------------------------------------------------------
-def _check(table: pa.Table) -> tuple[np.ndarray, list, np.ndarray]:
-    """Labels, encoded categoricals and why each row is bad: (N,) int 0 = fine, 1 = label
-    not 0/1, 2 + j = ``C{j+1}`` not hex."""
-    label = pc.fill_null(table["label"], -1).to_numpy()  # (N,) int64, -1 = empty
-    encoded = [_encode_column(table[c]) for c in SPARSE_NAMES]
-    why = ((label != 0) & (label != 1)).astype(np.int8)
+_WHY = ["", "label is not 0 or 1", *(f"{c} is not hex" for c in SPARSE_NAMES)]
+
+
+def _check(part: _Parsed) -> tuple[list, np.ndarray]:
+    """Encoded categoricals and why each row is bad: (N,) int8 index into ``_WHY``."""
+    encoded = [_encode_column(raw) for raw in part.keys]
+    why = ((part.label != 0) & (part.label != 1)).astype(np.int8)
     for j, (local, _, bad) in enumerate(encoded):
         if bad.any():
             why[(why == 0) & bad[local]] = 2 + j
-    return label, encoded, why
+    return encoded, why
+
+
+def _checked(part: _Parsed, report: ParseReport, file_start: int) -> list:
+    """Drop rows with a bad label or categorical, report the lines skipped (strict: raise at
+    the first) and return the encoded categoricals of the rows kept."""
+    events = list(part.skipped)  # (global line, why)
+    encoded, why = _check(part)
+    if why.any():  # rare: drop the rows, encode again
+        events += [(int(part.lines[i]), _WHY[why[i]]) for i in np.flatnonzero(why)]
+        part.select(why == 0)
+        encoded, _ = _check(part)
+    report.lines += part.n_lines
+    report.padded += int(np.isin(part.padded, part.lines).sum())  # padded and kept
+    for line, what in sorted(events):
+        report.add_skipped(int(line) - file_start + 1, what)
+    return encoded
 
 
 def _dense(table: pa.Table) -> np.ndarray:
@@ -455,49 +504,61 @@ def _dense(table: pa.Table) -> np.ndarray:
     return out
 
 
-def _shrink_npy(path: Path, rows: int) -> None:
-    """Cut a C-order ``.npy`` file to its first ``rows`` rows, in place: numpy pads headers
-    so that the first dimension can be rewritten without moving the data."""
-    fmt = np.lib.format
-    with open(path, "r+b") as f:
-        v1 = fmt.read_magic(f) == (1, 0)
-        shape, fortran, dtype = (fmt.read_array_header_1_0 if v1 else fmt.read_array_header_2_0)(f)
-        size = f.tell()
-        header = io.BytesIO()
-        d = {
-            "shape": (rows, *shape[1:]),
-            "fortran_order": False,
-            "descr": fmt.dtype_to_descr(dtype),
-        }
-        (fmt.write_array_header_1_0 if v1 else fmt.write_array_header_2_0)(header, d)
-        if fortran or len(header.getvalue()) != size:
-            raise RuntimeError(f"cannot shrink {path} in place")
-        f.seek(0)
-        f.write(header.getvalue())
-        f.truncate(size + rows * int(np.prod(shape[1:])) * dtype.itemsize)
+class _NpyAppender:
+    """A ``.npy`` file written a block of rows at a time; its header gets the final shape on
+    :meth:`close` (numpy pads headers so that the first dimension can grow in place)."""
+
+    def __init__(self, path: Path, row_shape: tuple[int, ...], dtype: type) -> None:
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self.row_shape, self.dtype, self.rows = row_shape, np.dtype(dtype), 0
+        self.size = self._header()
+
+    def _header(self) -> int:
+        self.file.seek(0)
+        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(
+            self.file, {**d, "shape": (self.rows, *self.row_shape)}
+        )
+        return self.file.tell()
+
+    def append(self, block: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(block, self.dtype).data)
+        self.rows += len(block)
+
+    def close(self) -> None:
+        if self.file.closed:
+            return
+        end = self.file.tell()
+        if self._header() != self.size:
+            raise RuntimeError(f"the .npy header of {self.file.name} changed size")
+        self.file.seek(end)
+        self.file.close()
 
 
 class _Writer:
-    """Pass-1 state: the split arrays (opened at their largest size), how many rows each
-    holds, and the provisional ids of every field."""
+    """Pass-1 state: the split arrays being appended to and the provisional ids of every
+    field."""
 
-    def __init__(self, writer: CacheWriter, sizes: list[int]) -> None:
-        self.writer, self.sizes, self.filled = writer, sizes, [0, 0, 0]
+    def __init__(self, writer: CacheWriter) -> None:
+        self.writer = writer
         self.arrays = [
             {
-                "sparse": writer.open_array(s, "sparse", (n, N_SPARSE), np.int32),
-                "dense": writer.open_array(s, "dense", (n, N_DENSE), np.float32),
-                "label": writer.open_array(s, "label", (n,), np.float32),
+                "sparse": _NpyAppender(writer.path(s, "sparse.npy"), (N_SPARSE,), np.int32),
+                "dense": _NpyAppender(writer.path(s, "dense.npy"), (N_DENSE,), np.float32),
+                "label": _NpyAppender(writer.path(s, "label.npy"), (), np.float32),
             }
-            for s, n in zip(SPLITS, sizes, strict=True)
+            for s in SPLITS
         ]
         self.fields = [_FieldIds() for _ in SPARSE_NAMES]
         self.clicks = 0
 
-    def add(self, table: pa.Table, label: np.ndarray, encoded: list, codes: np.ndarray) -> None:
+    @property
+    def rows(self) -> list[int]:
+        return [a["label"].rows for a in self.arrays]
+
+    def add(self, part: _Parsed, encoded: list, codes: np.ndarray) -> None:
         """Write one chunk of checked rows; ``codes`` (N,) are their splits."""
         train = np.flatnonzero(codes == 0)
-        dense = _dense(table)  # (13, N)
         ids = np.empty((N_SPARSE, len(codes)), np.int32)  # (26, N) provisional ids
         for f, (local, values, _), out in zip(self.fields, encoded, ids, strict=True):
             distinct_ids = f.ids_of(values)  # (K,)
@@ -506,18 +567,22 @@ class _Writer:
             )
             np.add.at(f.counts, distinct_ids, counts)  # ids repeat for missing and upper case
             np.take(distinct_ids, local, out=out)
-        self.clicks += int(label.sum())
+        self.clicks += int(part.label.sum())
         for s, arrays in enumerate(self.arrays):
             rows = codes == s
-            a, k = self.filled[s], int(rows.sum())
-            arrays["sparse"][a : a + k] = ids[:, rows].T
-            arrays["dense"][a : a + k] = dense[:, rows].T
-            arrays["label"][a : a + k] = label[rows]
-            self.filled[s] += k
+            arrays["sparse"].append(ids[:, rows].T)
+            arrays["dense"].append(part.dense[:, rows].T)
+            arrays["label"].append(part.label[rows])
+
+    def close(self) -> None:
+        for arrays in self.arrays:
+            for a in arrays.values():
+                a.close()
 
     def finish(self, min_count: int) -> list[int]:
         """Pass 2: write maps and counts, turn provisional ids into rows in place (one lookup
-        table for all fields), cut the arrays to the rows written. Returns cardinalities."""
+        table for all fields). Returns the cardinalities."""
+        self.close()
         luts, cards = [], []
         for c, f in zip(SPARSE_NAMES, self.fields, strict=True):
             lut, values, row_counts = f.table(min_count)
@@ -528,15 +593,13 @@ class _Writer:
         big_lut = np.concatenate(luts)
         offsets = np.cumsum([0] + [len(lut) for lut in luts[:-1]])  # (26,) where each field starts
         offsets = offsets.astype(np.int32 if len(big_lut) < 2**31 else np.int64)
-        for s, arrays in enumerate(self.arrays):
-            sparse, n = arrays["sparse"], self.filled[s]
-            for a in range(0, n, 1 << 18):
-                block = sparse[a : min(a + (1 << 18), n)]  # (B, 26) provisional ids
-                block[:] = big_lut[block + offsets]
-            arrays.clear()  # drop the memory maps before cutting their files
-            if n < self.sizes[s]:
-                for what in ("sparse", "dense", "label"):
-                    _shrink_npy(self.writer.path(SPLITS[s], f"{what}.npy"), n)
+        for s, n in zip(SPLITS, self.rows, strict=True):
+            if n:
+                sparse = np.load(self.writer.path(s, "sparse.npy"), mmap_mode="r+")
+                for a in range(0, n, 1 << 18):
+                    block = sparse[a : a + (1 << 18)]  # (B, 26) provisional ids
+                    block[:] = big_lut[block + offsets]
+                del sparse  # unmap
         return cards
 
 
@@ -585,44 +648,35 @@ def prepare_criteo(
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("prepare_criteo needs at least one file")
-    line_counts = _count_lines(paths, max_rows)
-    total = sum(line_counts)
-    file_start = np.cumsum([0, *line_counts[:-1]])
+    # a temporal cut needs the line count first; a random split is drawn line by line
+    total = _count_lines(paths, max_rows) if split.kind != "random" else 0
     reports = [ParseReport(source=str(p), strict=strict) for p in paths]
-    out = _Writer(writer, _split_sizes(split, total))
-    text = ["", "label is not 0 or 1", *(f"{c} is not hex" for c in SPARSE_NAMES)]
-    with closing(
-        _parsed_chunks(paths, line_counts, chunk_bytes)
-    ) as parts:  # closing stops the reader
-        for part in parts:
-            report, table, lines = reports[part.file], part.table, part.lines
-            report.lines += part.n_lines
-            report.padded += part.padded
-            events = list(part.skipped)
-            label, encoded, why = _check(table)
-            if why.any():  # rare: drop the rows, encode again
-                events += [(int(lines[i]), text[why[i]]) for i in np.flatnonzero(why)]
-                table, lines = table.filter(pa.array(why == 0)), lines[why == 0]
-                label, encoded, _ = _check(table)
-            for g, what in sorted(events):
-                report.add_skipped(int(g - file_start[part.file]) + 1, what)
-            out.add(table, label, encoded, _split_of(lines, split, total))
-    cardinalities = out.finish(min_count)
+    file_start: dict[int, int] = {}  # first line of each file
+    out = _Writer(writer)
+    try:
+        with closing(_parsed_chunks(paths, chunk_bytes, max_rows)) as parts:  # closing stops
+            for part in parts:  # the reader on errors
+                start = file_start.setdefault(part.file, part.first)
+                encoded = _checked(part, reports[part.file], start)
+                out.add(part, encoded, _split_of(part.lines, split, total))
+        cardinalities = out.finish(min_count)
+    finally:
+        out.close()
 
     total_report = ParseReport(source=", ".join(str(p) for p in paths))
     for r in reports:
         total_report.merge(r)
         if r.skipped or r.padded:
             print(r.summary())
-    kept = sum(out.filled)
+    kept = sum(out.rows)
     return Schema(
         name=name,
         task="ctr",
         sparse=[SparseField(c, n) for c, n in zip(SPARSE_NAMES, cardinalities, strict=True)],
         dense=list(DENSE_NAMES),
-        splits=dict(zip(SPLITS, out.filled, strict=True)),
+        splits=dict(zip(SPLITS, out.rows, strict=True)),
         stats={
-            "lines": total,
+            "lines": total_report.lines,
             "skipped": total_report.skipped,
             "parse_report": total_report.to_dict(),
             "label_mean": out.clicks / kept if kept else None,

@@ -105,12 +105,11 @@ def _distinct_items(
             break
         ask = np.ceil(need * 1.3).astype(np.int64) + (need > 0)
         users = np.repeat(np.arange(n_users), ask)
-        if round_ < max_rounds:
-            items = draw(users)
-        else:  # the popularity draw keeps repeating itself: fill up uniformly
-            items = rng.integers(0, n_items, len(users))
+        # after max_rounds the popularity draw keeps repeating itself: fill up uniformly
+        uniform = round_ >= max_rounds
+        items = rng.integers(0, n_items, len(users)) if uniform else draw(users)
         new = users * n_items + items
-        # drop pairs already kept (keys stay sorted) and repeats, keeping the first draw
+        # drop pairs already kept and repeated draws (the first one stays)
         known = np.sort(keys)
         pos = np.minimum(np.searchsorted(known, new), max(len(known) - 1, 0))
         if len(known):
@@ -291,16 +290,17 @@ def synthetic_criteo(
     min_card: int = 10,
     max_card: int = 1_000_000,
     zipf_a: float = 1.2,
-    n_interactions: int = 40,
+    n_interactions: int = 30,
+    interaction_fields: int | None = None,
     rank: int = 4,
     n_dense_interactions: int = 4,
     ctr: float = 0.25,
-    first_order_std: float = 1.0,
-    interaction_std: float = 1.0,
+    first_order_std: float = 1.2,
+    interaction_std: float = 0.8,
     dense_std: float = 0.4,
-    dense_interaction_std: float = 0.3,
-    learnable_p: float = 3e-5,
-    interaction_learnable_p: float = 1e-3,
+    dense_interaction_std: float = 0.2,
+    learnable_p: float = 3e-4,
+    interaction_learnable_p: float = 1e-2,
     missing_rate: float = 0.03,
     seed: int = 0,
 ) -> RawData:
@@ -376,7 +376,10 @@ def synthetic_criteo(
 
     # pairwise factorization-machine terms on random field pairs; with centred factors
     # Var <v_a[x], v_b[y]> = trace(M_a M_b), M_f = sum_k p_k v_f[k] v_f[k]^T
-    all_pairs = [(a, b) for a in range(n_sparse) for b in range(a + 1, n_sparse)]
+    # pairs among the lower-cardinality fields, whose values are seen often enough
+    n_int = max(2, (n_sparse + 1) // 2) if interaction_fields is None else interaction_fields
+    n_int = min(n_int, n_sparse)
+    all_pairs = [(a, b) for a in range(n_int) for b in range(a + 1, n_int)]
     n_pairs = min(n_interactions, len(all_pairs))
     pairs = [all_pairs[i] for i in sorted(rng.choice(len(all_pairs), n_pairs, replace=False))]
     factors = [
@@ -398,7 +401,10 @@ def synthetic_criteo(
     if n_dense:
         for k in range(n_dense_interactions):
             dense_pairs.append((int(rng.integers(n_dense)), k % min(n_sparse, 8)))
-        t = [_centre(rng.normal(0.0, 1.0, len(probs[f])) * shrink_2[f], probs[f]) for _, f in dense_pairs]
+        t = [
+            _centre(rng.normal(0.0, 1.0, len(probs[f])) * shrink_2[f], probs[f])
+            for _, f in dense_pairs
+        ]
         var = sum(float(probs[f] @ tk**2) for (_, f), tk in zip(dense_pairs, t, strict=True))
         scale = dense_interaction_std / max(var, 1e-12) ** 0.5
         for (j, f), tk in zip(dense_pairs, t, strict=True):
@@ -410,7 +416,8 @@ def synthetic_criteo(
 
     settings = dict(
         n_rows=n_rows, n_dense=n_dense, n_sparse=n_sparse, min_card=min_card,
-        max_card=max_card, zipf_a=zipf_a, n_interactions=n_interactions, rank=rank,
+        max_card=max_card, zipf_a=zipf_a, n_interactions=n_interactions,
+        interaction_fields=interaction_fields, rank=rank,
         n_dense_interactions=n_dense_interactions, ctr=ctr, first_order_std=first_order_std,
         interaction_std=interaction_std, dense_std=dense_std,
         dense_interaction_std=dense_interaction_std, learnable_p=learnable_p,

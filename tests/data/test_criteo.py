@@ -33,6 +33,7 @@ def random_data(n: int, seed: int = 0, card: int = 12) -> tuple[np.ndarray, ...]
 def prepare(tmp_path: Path, paths: list[Path], tag: str = "prep", **kw) -> Schema:
     writer = CacheWriter(tmp_path / tag)
     schema = prepare_criteo(paths, writer, **{"split": TEMPORAL, **kw})
+    assert not writer.final_dir.exists()  # the caller finishes the writer
     writer.finish(schema)
     return schema
 
@@ -133,7 +134,10 @@ def test_special_rows_and_dense_transform(tmp_path: Path) -> None:
     expected = np.log1p([0, 1, 0, 7, 2**40, 0, 3, 3]).astype(np.float32)
     np.testing.assert_allclose(train.dense[:, 0], expected, rtol=1e-6)
     assert (train.dense[:, 1:] == 0).all()  # every other integer is missing
-    assert train.label.dtype == np.float32 and list(train.label) == [1, 0] * 4
+    dtypes = (train.sparse.dtype, train.dense.dtype, train.label.dtype)
+    assert dtypes == (np.int32, np.float32, np.float32)
+    assert train.sparse.shape == (8, 26) and train.dense.shape == (8, 13)
+    assert list(train.label) == [1, 0] * 4
     assert schema.stats["label_mean"] == 0.5
 
 
@@ -178,11 +182,8 @@ def test_temporal_split_is_a_cut_by_line_order(tmp_path: Path) -> None:
     write_criteo_tsv(path, *random_data(101))
     split = SplitConfig(kind="temporal", fractions=(0.5, 0.25, 0.25))
     schema = prepare(tmp_path, [path], split=split)
-    assert schema.splits == {
-        "train": 50,
-        "val": 26,
-        "test": 25,
-    }  # cuts at round(50.5), round(75.75)
+    # cuts at round(50.5) = 50 and round(75.75) = 76
+    assert schema.splits == {"train": 50, "val": 26, "test": 25}
     assert list(schema.splits.values()) == [len(p) for p in split_indices(split, 101)]
 
 
@@ -215,6 +216,7 @@ def test_short_lines_are_padded_and_bad_lines_skipped(tmp_path: Path) -> None:
         17: "\t".join(["0", *["1"] * 13, "abc", *["0000000a"] * 25]),  # not 8 characters
         18: "\t".join(["", *["1"] * 13, *["0000000a"] * 26]),  # missing label
         19: "\t".join(["0", "1.5", *["1"] * 12, *["0000000a"] * 26]),  # float I field
+        21: "5\t1",  # short and a bad label: skipped, not counted as padded
     }
     for i, line in bad.items():
         lines[i] = line
@@ -262,6 +264,25 @@ def test_one_bad_line(tmp_path: Path, line: str, why: str) -> None:
         prepare(tmp_path, [path], "strict", strict=True)
 
 
+def test_crlf_line_ends_and_stray_carriage_returns(tmp_path: Path) -> None:
+    lines = [good_line(i) for i in range(1, 9)]
+    unix, dos = tmp_path / "unix.txt", tmp_path / "dos.txt"
+    unix.write_text("\n".join(lines) + "\n")
+    dos.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    split = SplitConfig(fractions=(1, 0, 0))
+    a, b = (
+        arrays(prepare(tmp_path, [unix], "u", split=split)),
+        arrays(prepare(tmp_path, [dos], "d", split=split)),
+    )
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    lines[2] = lines[2].replace("\t3\t", "\t3\r\t", 1)  # a carriage return inside a line
+    unix.write_text("\n".join(lines) + "\n")
+    schema = prepare(tmp_path, [unix], "cr", split=split)
+    assert schema.stats["parse_report"]["examples"] == ["line 3: carriage return inside the line"]
+    check_against_reference_all_train(schema, lines[:2] + lines[3:])
+
+
 def check_against_reference_all_train(schema: Schema, lines: list[str]) -> None:
     ref = reference(lines, len(lines))
     got = arrays(schema)
@@ -272,7 +293,7 @@ def check_against_reference_all_train(schema: Schema, lines: list[str]) -> None:
         np.testing.assert_array_equal(got[f"counts/{f}"], ref[f"counts/{f}"])
 
 
-def test_skipped_lines_shrink_every_split(tmp_path: Path) -> None:
+def test_skipped_lines_leave_consistent_splits(tmp_path: Path) -> None:
     lines = [good_line(i) for i in range(200)]
     for i in range(0, 200, 7):
         lines[i] = "garbage"
@@ -311,9 +332,16 @@ def test_chunking_and_file_splits_give_identical_output(tmp_path: Path) -> None:
 def test_max_rows_reads_a_prefix(tmp_path: Path) -> None:
     path = tmp_path / "x.txt"
     write_criteo_tsv(path, *random_data(300))
+    lines = path.read_text().splitlines(keepends=True)
     schema = prepare(tmp_path, [path], max_rows=120, chunk_bytes=2000)
-    check_against_reference(schema, path.read_text().splitlines()[:120])
+    check_against_reference(schema, [line.rstrip("\n") for line in lines[:120]])
     assert schema.stats["lines"] == 120
+    parts = [tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"]
+    for p, part in zip(parts, (lines[:100], lines[100:110], lines[110:]), strict=True):
+        p.write_text("".join(part))
+    schema = prepare(tmp_path, parts, "files", max_rows=105, chunk_bytes=2000)
+    check_against_reference(schema, [line.rstrip("\n") for line in lines[:105]])
+    assert schema.stats["lines"] == 105  # all of a.txt and b.txt, 5 lines of c.txt
 
 
 # -- real data ---------------------------------------------------------------------------------
