@@ -20,6 +20,7 @@ The two sides alternate in rounds so machine noise hits both; medians of step ti
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -86,7 +87,7 @@ class RefEmbeddings(nn.Module):
 
 def mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+    for a, b in itertools.pairwise(sizes):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers)
 
@@ -124,7 +125,9 @@ class RefDLRM(nn.Module):
         return self.top(torch.cat([head, dots], 1)).squeeze(1)
 
 
-def time_reference(data: SplitTensors, model: nn.Module, steps: int, warmup: int = 10) -> list[float]:
+def time_reference(
+    data: SplitTensors, model: nn.Module, steps: int, warmup: int = 10
+) -> list[float]:
     sparse_params = list(model.emb.parameters())
     ids = {id(p) for p in sparse_params}
     dense_params = [p for p in model.parameters() if id(p) not in ids]
@@ -163,13 +166,22 @@ def matmul_rate(n: int = 4096, k: int = 512, reps: int = 20) -> float:
 def dlrm_dense_flops(num_dense: int, num_fields: int) -> float:
     """Matrix-multiply FLOPs of one DLRM training step (forward + 2x for backward)."""
     n = num_fields + 1
-    dims = [(num_dense, 512), (512, 256), (256, DIM), (DIM + n * (n - 1) // 2, 512), (512, 256), (256, 1)]
+    dims = [
+        (num_dense, 512),
+        (512, 256),
+        (256, DIM),
+        (DIM + n * (n - 1) // 2, 512),
+        (512, 256),
+        (256, 1),
+    ]
     fwd = sum(2 * BATCH * a * b for a, b in dims) + 2 * BATCH * n * n * DIM  # + interaction bmm
     return 3.0 * fwd
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rows", type=int, default=500_000)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=2)
@@ -178,7 +190,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, dim {DIM}")
     with tempfile.TemporaryDirectory() as cache:
         dm = RecDataModule(
-            dataset="synthetic-criteo", task="ctr", batch_size=BATCH, cache_dir=cache,
+            dataset="synthetic-criteo",
+            task="ctr",
+            batch_size=BATCH,
+            cache_dir=cache,
             synthetic={"n_rows": args.rows, "seed": 0},
         )
         dm.setup()
@@ -191,22 +206,32 @@ def main() -> None:
         t = time.perf_counter()
         n = sum(len(b) for b in it)
         loader_rate = n / (time.perf_counter() - t)
-        print(f"\ndata loader: {loader_rate / 1e6:.2f} M samples/s (one shuffled epoch, KJT batches)")
+        print(
+            f"\ndata loader: {loader_rate / 1e6:.2f} M samples/s (one shuffled epoch, KJT batches)"
+        )
 
         models = {
             "fm": (lambda e, d: DeepFM(e, d, deep_mlp=()), RefFM),
             "dlrm": (lambda e, d: DLRM(e, d, bottom_mlp=(512, 256), top_mlp=(512, 256)), RefDLRM),
         }
-        results: dict[str, dict[str, list[float]]] = {m: {"reccomp": [], "reference": []} for m in models}
+        results: dict[str, dict[str, list[float]]] = {
+            m: {"reccomp": [], "reference": []} for m in models
+        }
         for r in range(args.rounds):
             for name, (factory, ref_cls) in models.items():
-                results[name]["reference"] += time_reference(train, ref_cls(cards, schema.num_dense), args.steps)
+                results[name]["reference"] += time_reference(
+                    train, ref_cls(cards, schema.num_dense), args.steps
+                )
                 results[name]["reccomp"] += time_reccomp(dm, factory, args.steps)
                 med = {k: statistics.median(v) for k, v in results[name].items()}
-                print(f"round {r + 1} {name}: reccomp {med['reccomp'] * 1e3:.1f} ms, reference {med['reference'] * 1e3:.1f} ms")
+                print(
+                    f"round {r + 1} {name}: reccomp {med['reccomp'] * 1e3:.1f} ms, reference {med['reference'] * 1e3:.1f} ms"
+                )
         rate = matmul_rate()
         print(f"\nmatrix multiply ((4096x512) @ (512x512), fp32): {rate / 1e9:.1f} GFLOP/s")
-        print(f"\n{'model':<6}{'reccomp ms/step':>17}{'reference ms/step':>19}{'speed-up':>10}{'samples/s':>12}")
+        print(
+            f"\n{'model':<6}{'reccomp ms/step':>17}{'reference ms/step':>19}{'speed-up':>10}{'samples/s':>12}"
+        )
         for name, res in results.items():
             a, b = statistics.median(res["reccomp"]), statistics.median(res["reference"])
             print(f"{name:<6}{a * 1e3:>17.1f}{b * 1e3:>19.1f}{b / a:>9.2f}x{BATCH / a:>12,.0f}")

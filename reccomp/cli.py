@@ -44,8 +44,18 @@ def _innermost(msg: str) -> str:
     """The most specific line of jsonargparse's nested "does not validate" messages."""
     lines = [ln.strip(" -") for ln in msg.splitlines()]
     useful = [
-        ln for ln in lines
-        if ln and not ln.startswith(("Does not validate", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "Given value"))
+        ln
+        for ln in lines
+        if ln
+        and not ln.startswith(
+            (
+                "Does not validate",
+                "Subtypes:",
+                "Errors:",
+                "Expected a <class 'NoneType'>",
+                "Given value",
+            )
+        )
     ]
     return useful[0] if useful else msg
 
@@ -56,7 +66,9 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self) -> None:
         super().__init__(write_interval="epoch")
 
-    def write_on_epoch_end(self, trainer: Trainer, pl_module: Any, predictions: Any, batch_indices: Any) -> None:
+    def write_on_epoch_end(
+        self, trainer: Trainer, pl_module: Any, predictions: Any, batch_indices: Any
+    ) -> None:
         preds = torch.cat([p.reshape(-1) for p in predictions]).float()
         labels = torch.cat([b.labels for b in trainer.predict_dataloaders])  # type: ignore[union-attr]
         out = Path(trainer.log_dir or ".") / "predictions.csv"
@@ -121,7 +133,9 @@ class RecCLI(LightningCLI):
         ckpt = self._best_ckpt()
         fast = bool(self.trainer.fast_dev_run)
         ckpt_arg = None if fast or ckpt is None else ckpt
-        self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=ckpt_arg, verbose=False)
+        self.trainer.validate(
+            self.model, datamodule=self.datamodule, ckpt_path=ckpt_arg, verbose=False
+        )
         val = self._collect()
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_arg)
         run_dir = self._write_metrics(
@@ -176,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":
-        from reccomp.data.cli import data_main  # noqa: PLC0415
+        from reccomp.data.cli import data_main
 
         sys.exit(data_main(argv[1:]))
     if not argv or argv[0] not in (*RUN_SUBCOMMANDS, "-h", "--help"):

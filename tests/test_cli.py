@@ -30,7 +30,9 @@ def write_tiny_ml1m(root: Path) -> Path:
     with (root / "ratings.dat").open("w") as f:
         for u in range(1, 31):
             for m in rng.choice(np.arange(1, 41), size=15, replace=False):
-                f.write(f"{u}::{m}::{rng.integers(1, 6)}::{978300000 + int(rng.integers(0, 10**6))}\n")
+                f.write(
+                    f"{u}::{m}::{rng.integers(1, 6)}::{978300000 + int(rng.integers(0, 10**6))}\n"
+                )
     return root
 
 
@@ -55,7 +57,12 @@ def data_overrides(config: str, tmp_path: Path) -> list[str]:
     if config.startswith("ml-1m"):
         return ["--data.root", str(write_tiny_ml1m(tmp_path / "ml-1m"))]
     if config.startswith("criteo"):
-        return ["--data.root", str(write_tiny_criteo(tmp_path / "criteo" / "train.txt").parent), "--data.min_count", "1"]
+        return [
+            "--data.root",
+            str(write_tiny_criteo(tmp_path / "criteo" / "train.txt").parent),
+            "--data.min_count",
+            "1",
+        ]
     raise AssertionError(f"no tiny data for {config}")
 
 
@@ -76,7 +83,9 @@ def test_shipped_configs_are_the_documented_ones() -> None:
 
 
 @pytest.mark.parametrize("config", SHIPPED)
-def test_fast_dev_run(config: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fast_dev_run(
+    config: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     args = ["fit", "--config", str(CONFIGS / config), "--trainer.fast_dev_run", "true"]
     run_cli(args + data_overrides(config, tmp_path) + ["--trainer.enable_progress_bar", "false"])
@@ -86,7 +95,9 @@ def test_fast_dev_run(config: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert out.strip().splitlines()[-1].startswith("fast_dev_run")
 
 
-def test_wrong_key_fails_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_key_fails_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = str(CONFIGS / "synthetic-movielens-mf.yaml")
     with pytest.raises(SystemExit):
@@ -98,18 +109,34 @@ def test_wrong_key_fails_before_training(tmp_path: Path, monkeypatch: pytest.Mon
     assert not (tmp_path / "runs").exists()
 
 
-def test_bad_method_and_dim_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_method_and_dim_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = str(CONFIGS / "synthetic-movielens-mf.yaml")
     with pytest.raises(SystemExit):
-        run_cli(["fit", "--config", cfg, "--model.embeddings.method", "nonsense", "--data.synthetic", TINY_ML])
+        run_cli(
+            [
+                "fit",
+                "--config",
+                cfg,
+                "--model.embeddings.method",
+                "nonsense",
+                "--data.synthetic",
+                TINY_ML,
+            ]
+        )
     assert "nonsense" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        run_cli(["fit", "--config", cfg, "--model.embeddings.dim", "6", "--data.synthetic", TINY_ML])
+        run_cli(
+            ["fit", "--config", cfg, "--model.embeddings.dim", "6", "--data.synthetic", TINY_ML]
+        )
     assert "multiple of 4" in capsys.readouterr().err
 
 
-def test_test_and_predict_from_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_test_and_predict_from_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = ["--config", str(CONFIGS / "synthetic-movielens-mf.yaml"), "--data.synthetic", TINY_ML]
     quiet = ["--trainer.enable_progress_bar", "false"]
@@ -131,21 +158,54 @@ def test_test_and_predict_from_checkpoint(tmp_path: Path, monkeypatch: pytest.Mo
 def test_data_prepare_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = str(CONFIGS / "synthetic-criteo-dlrm.yaml")
     with pytest.raises(SystemExit) as e:
-        main(["data", "prepare", "--config", cfg, "--data.synthetic", TINY_CRITEO, "--data.cache_dir", str(tmp_path)])
+        main(
+            [
+                "data",
+                "prepare",
+                "--config",
+                cfg,
+                "--data.synthetic",
+                TINY_CRITEO,
+                "--data.cache_dir",
+                str(tmp_path),
+            ]
+        )
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "oracle_auc" in out and "C26" in out
     with pytest.raises(SystemExit) as e:
-        main(["data", "info", "--config", cfg, "--data.synthetic", TINY_CRITEO, "--data.cache_dir", str(tmp_path)])
+        main(
+            [
+                "data",
+                "info",
+                "--config",
+                cfg,
+                "--data.synthetic",
+                TINY_CRITEO,
+                "--data.cache_dir",
+                str(tmp_path),
+            ]
+        )
     assert e.value.code == 0
     assert "cached" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
-        main(["data", "prepare", "--config", str(CONFIGS / "ml-1m-deepfm-ctr.yaml"), "--data.root", str(tmp_path / "none")])
+        main(
+            [
+                "data",
+                "prepare",
+                "--config",
+                str(CONFIGS / "ml-1m-deepfm-ctr.yaml"),
+                "--data.root",
+                str(tmp_path / "none"),
+            ]
+        )
     assert e.value.code == 1
     assert "reccomp data download ml-1m" in capsys.readouterr().err
 
 
-def test_data_download_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_data_download_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`reccomp data download` end to end against a local server, then offline."""
     import dataclasses
     import hashlib

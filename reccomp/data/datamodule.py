@@ -190,8 +190,13 @@ class RecDataModule(pl.LightningDataModule):
         target = user_item_csr(*pairs(split), n_users)
         users = np.flatnonzero(np.diff(target[0]) > 0)
         return RetrievalIterator(
-            users, target, exclude, schema.feature_names, schema.user_field,  # type: ignore[arg-type]
-            n_items, max(1, min(self.eval_batch_size, 1024)),
+            users,
+            target,
+            exclude,
+            schema.feature_names,
+            schema.user_field,  # type: ignore[arg-type]
+            n_items,
+            max(1, min(self.eval_batch_size, 1024)),
         )
 
     def train_dataloader(self) -> BatchIterator:

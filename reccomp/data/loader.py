@@ -114,7 +114,9 @@ class BatchIterator:
             yield Batch(data.dense[s], make_kjt(self.keys, data.sparse[s], bags), data.label[s])
 
 
-def user_item_csr(users: np.ndarray, items: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+def user_item_csr(
+    users: np.ndarray, items: np.ndarray, n_users: int
+) -> tuple[np.ndarray, np.ndarray]:
     """CSR (indptr (U+1,), items) of the distinct items of each user row."""
     pairs = np.unique(np.stack([users.astype(np.int64), items.astype(np.int64)], 1), axis=0)
     indptr = np.zeros(n_users + 1, np.int64)
@@ -143,7 +145,12 @@ class RetrievalIterator:
         batch_size: int,
     ) -> None:
         self.users, self.target, self.exclude = users, target, exclude
-        self.keys, self.user_key, self.n_items, self.batch_size = keys, user_key, n_items, batch_size
+        self.keys, self.user_key, self.n_items, self.batch_size = (
+            keys,
+            user_key,
+            n_items,
+            batch_size,
+        )
 
     def __len__(self) -> int:
         return -(-len(self.users) // self.batch_size)
@@ -152,9 +159,11 @@ class RetrievalIterator:
         indptr, items = csr
         lens = indptr[users + 1] - indptr[users]
         rows = np.repeat(np.arange(len(users)), lens)
-        cols = items[np.concatenate([np.arange(indptr[u], indptr[u + 1]) for u in users])] if len(
-            users
-        ) else np.zeros(0, np.int64)
+        cols = (
+            items[np.concatenate([np.arange(indptr[u], indptr[u + 1]) for u in users])]
+            if len(users)
+            else np.zeros(0, np.int64)
+        )
         out = torch.zeros(len(users), self.n_items, dtype=torch.bool)  # (B, I)
         out[torch.from_numpy(rows), torch.from_numpy(cols)] = True
         return out

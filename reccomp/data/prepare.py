@@ -132,9 +132,7 @@ def prepare_raw(
     for s, idx in parts.items():
         n = len(idx)
         cols = [encoded[s][f] for f in single]
-        writer.write_array(
-            s, "sparse", np.stack(cols, 1) if cols else np.zeros((n, 0), np.int32)
-        )
+        writer.write_array(s, "sparse", np.stack(cols, 1) if cols else np.zeros((n, 0), np.int32))
         for f in fields:
             if f.max_len > 1:
                 writer.write_array(s, f"bag_{f.name}", encoded[s][f.name])

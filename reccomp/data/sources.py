@@ -63,15 +63,25 @@ def source_files(dataset: str, root: Path | None) -> list[Path]:
     if kind.startswith("synthetic"):
         return []
     if root is None:
-        raise FileNotFoundError(f"data set {dataset!r} needs --data.root; {_download_hint(dataset)}")
+        raise FileNotFoundError(
+            f"data set {dataset!r} needs --data.root; {_download_hint(dataset)}"
+        )
     root = Path(root)
     if kind == "movielens":
-        from reccomp.data.movielens import movielens_sources  # noqa: PLC0415
+        from reccomp.data.movielens import movielens_sources
 
         if not root.exists():
-            raise FileNotFoundError(f"no {dataset} data at {root.resolve()}: the path does not exist; {_download_hint(dataset)}")
+            raise FileNotFoundError(
+                f"no {dataset} data at {root.resolve()}: the path does not exist; {_download_hint(dataset)}"
+            )
         return movielens_sources(root)  # its error names the path and the download command
-    files = [root] if root.is_file() else sorted(root.glob("train.txt")) + sorted(root.glob("day_*")) if root.is_dir() else []
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(root.glob("train.txt")) + sorted(root.glob("day_*"))
+        if root.is_dir()
+        else []
+    )
     if not files:
         raise FileNotFoundError(
             f"no {dataset} data found at {root.resolve()} (looked for train.txt or day_* files); {_download_hint(dataset)}"
@@ -85,7 +95,7 @@ def binary_auc(label: np.ndarray, score: np.ndarray) -> float:
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    uniq, inv, counts = np.unique(np.asarray(score), return_inverse=True, return_counts=True)
+    _uniq, inv, counts = np.unique(np.asarray(score), return_inverse=True, return_counts=True)
     first = np.cumsum(counts) - counts  # 0-based rank of each distinct score's first copy
     rank = (first + (counts + 1) / 2.0)[inv]  # mean 1-based rank of ties
     return float((rank[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
@@ -111,24 +121,28 @@ def prepare_source(root: Path | None, s: PrepareSettings, writer: CacheWriter) -
     """Parse/generate, frame the task, split, encode and write (caller finishes the writer)."""
     kind = canonical(s.dataset)
     if kind == "criteo":
-        from reccomp.data.criteo import prepare_criteo  # noqa: PLC0415
+        from reccomp.data.criteo import prepare_criteo
 
         if s.task != "ctr":
             raise ValueError(f"Criteo data has click labels: use task 'ctr', not {s.task!r}")
         return prepare_criteo(
-            source_files(s.dataset, root), writer, name=s.dataset, split=s.split,
-            min_count=s.min_count, strict=s.strict,
+            source_files(s.dataset, root),
+            writer,
+            name=s.dataset,
+            split=s.split,
+            min_count=s.min_count,
+            strict=s.strict,
         )
     if kind == "movielens":
-        from reccomp.data.movielens import read_movielens  # noqa: PLC0415
+        from reccomp.data.movielens import read_movielens
 
         raw = read_movielens(root, strict=s.strict, side_features=s.side_features)  # type: ignore[arg-type]
     elif kind == "synthetic-movielens":
-        from reccomp.data.synthetic import synthetic_movielens  # noqa: PLC0415
+        from reccomp.data.synthetic import synthetic_movielens
 
         raw = synthetic_movielens(**(s.synthetic or {}))
     else:
-        from reccomp.data.synthetic import synthetic_criteo  # noqa: PLC0415
+        from reccomp.data.synthetic import synthetic_criteo
 
         raw = synthetic_criteo(**(s.synthetic or {}))
         raw.stats["labels_are_clicks"] = True

@@ -50,12 +50,14 @@ class SplitConfig:
 
     @property
     def per_user_n(self) -> int | None:
-        return 1 if self.kind == "leave_one_out" else self.last_n if self.kind == "temporal" else None
+        return (
+            1 if self.kind == "leave_one_out" else self.last_n if self.kind == "temporal" else None
+        )
 
 
 def _cut(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
-    a = int(round(n * fractions[0]))
-    b = int(round(n * (fractions[0] + fractions[1])))
+    a = round(n * fractions[0])
+    b = round(n * (fractions[0] + fractions[1]))
     return a, b
 
 

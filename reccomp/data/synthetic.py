@@ -315,15 +315,21 @@ def synthetic_criteo(
              + sum_{(j,f) in dense pairs} g_j t_f[x_f]
 
     with ``g = log(1 + max(dense, 0))`` (missing -> 0, then standardized), ``n_interactions``
-    random field pairs with rank-``rank`` factors ``v``, and ``n_dense_interactions`` dense x
-    categorical terms on the 8 lowest-cardinality fields. A missing value has weights of its
-    own. Each of the four sums is scaled so that its standard deviation over the population
-    is ``first_order_std``, ``dense_std``, ``interaction_std`` and ``dense_interaction_std``;
-    the tables are centred, so the pairwise terms carry no first-order signal and a model
-    without interactions cannot reach them. A value's weights shrink with its rarity by
-    ``p / (p + learnable_p)`` (``p``: its probability), so most of the signal sits on values
-    seen often enough to be learnt. ``bias`` is set so that the mean click probability is
-    ``ctr``.
+    random pairs of the ``interaction_fields`` lowest-cardinality fields (default: the lower
+    half) with rank-``rank`` factors ``v``, and ``n_dense_interactions`` dense x categorical
+    terms on the 8 lowest-cardinality fields. A missing value has weights of its own. Each of
+    the four sums is scaled so that its standard deviation over the population is
+    ``first_order_std``, ``dense_std``, ``interaction_std`` and ``dense_interaction_std``; the
+    tables are centred, so the pairwise terms carry no first-order signal and a model without
+    interactions cannot reach them. A value's weights shrink with its rarity by
+    ``p / (p + learnable_p)`` (``p``: its probability; ``interaction_learnable_p`` for the
+    interaction tables), so the signal sits on values seen often enough to be learnt.
+    ``bias`` is set so that the mean click probability is ``ctr``.
+
+    The defaults were tuned so that, with 1M rows and a random 80/10/10 split, the oracle AUC
+    (``prob`` on the test rows) is about 0.82, a DLRM (16-d embeddings, dot interactions)
+    gets within 0.02 of it, and logistic regression on the same features stays about 0.04
+    below the DLRM: interactions carry a real, learnable share of the signal.
 
     Returns:
         RawData named ``synthetic-criteo``: sparse ``C1..C{n_sparse}`` (N,) int64, ``dense``

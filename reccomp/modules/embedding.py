@@ -139,7 +139,9 @@ def full_bytes(schema: Schema, spec: EmbeddingSpec, bytes_per_value: int = 4) ->
     return sum(f.cardinality * spec.dim * bytes_per_value for f in schema.sparse)
 
 
-def build_full(schema: Schema, spec: EmbeddingSpec, device: torch.device | None = None) -> nn.Module:
+def build_full(
+    schema: Schema, spec: EmbeddingSpec, device: torch.device | None = None
+) -> nn.Module:
     return fused_collection(table_configs(schema, spec), spec, device)
 
 

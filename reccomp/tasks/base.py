@@ -101,15 +101,21 @@ class RecTask(pl.LightningModule):
         cbs: list[Callback] = [ckpt]
         if self.early_stopping_patience is not None:
             cbs.append(
-                EarlyStopping(self.monitor, patience=self.early_stopping_patience, mode=self.monitor_mode)
+                EarlyStopping(
+                    self.monitor, patience=self.early_stopping_patience, mode=self.monitor_mode
+                )
             )
         return cbs
 
-    def forward_with_penalty(self, dense: torch.Tensor, sparse: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_penalty(
+        self, dense: torch.Tensor, sparse: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictions (B,) and the L2 penalty of the pooled rows (models such as MF)."""
         fwd = getattr(self.model, "forward_with_vectors", None)
         if fwd is None:
-            raise ValueError(f"l2 > 0 needs a model with forward_with_vectors(), not {type(self.model).__name__}")
+            raise ValueError(
+                f"l2 > 0 needs a model with forward_with_vectors(), not {type(self.model).__name__}"
+            )
         out = fwd(dense, sparse)
         return out.prediction, self.model.l2_penalty(out.user, out.item)
 

@@ -64,4 +64,3 @@ class CTRTask(RecTask):
 
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return torch.sigmoid(self(batch))
-

@@ -26,7 +26,10 @@ class RatingTask(RecTask):
         super().__init__(*args, **kwargs)
         self.l2 = l2
         stats = self.schema.stats
-        self.low, self.high = float(stats.get("label_min", -1e9)), float(stats.get("label_max", 1e9))
+        self.low, self.high = (
+            float(stats.get("label_min", -1e9)),
+            float(stats.get("label_max", 1e9)),
+        )
         self._sums: dict[str, torch.Tensor] = {}
 
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -45,7 +48,9 @@ class RatingTask(RecTask):
         pred = self(batch).clamp(self.low, self.high)
         err = pred - batch.labels
         s = self._sums.setdefault(stage, torch.zeros(3, dtype=torch.float64))
-        s += torch.stack([err.pow(2).sum(), err.abs().sum(), torch.tensor(float(len(batch)))]).double()
+        s += torch.stack(
+            [err.pow(2).sum(), err.abs().sum(), torch.tensor(float(len(batch)))]
+        ).double()
 
     def _eval_end(self, stage: str) -> None:
         s = self._sums.pop(stage, torch.zeros(3, dtype=torch.float64))

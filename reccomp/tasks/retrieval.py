@@ -43,7 +43,9 @@ class RetrievalTask(RecTask):
             raise ValueError(f"loss must be 'bpr' or 'bce', got {loss!r}")
         for attr in ("user_vectors", "item_vectors", "score_all"):
             if not hasattr(self.model, attr):
-                raise ValueError(f"retrieval needs a model with {attr}() (e.g. MatrixFactorization)")
+                raise ValueError(
+                    f"retrieval needs a model with {attr}() (e.g. MatrixFactorization)"
+                )
         s = self.schema
         if s.user_field is None or s.item_field is None:
             raise ValueError("retrieval needs user and item fields in the data")
@@ -61,9 +63,16 @@ class RetrievalTask(RecTask):
         users = d[self.schema.user_field].values()
         items = d[self.schema.item_field].values()
         neg = torch.randint(
-            NUM_SPECIAL_ROWS, self.n_items, (k * items.shape[0],), dtype=items.dtype, device=items.device
+            NUM_SPECIAL_ROWS,
+            self.n_items,
+            (k * items.shape[0],),
+            dtype=items.dtype,
+            device=items.device,
         )
-        vals = {self.schema.user_field: users.repeat(k + 1), self.schema.item_field: torch.cat([items, neg])}
+        vals = {
+            self.schema.user_field: users.repeat(k + 1),
+            self.schema.item_field: torch.cat([items, neg]),
+        }
         n = users.shape[0] * (k + 1)
         keys = kjt.keys()
         return KeyedJaggedTensor(
@@ -99,7 +108,8 @@ class RetrievalTask(RecTask):
             items = torch.arange(self.n_items, dtype=torch.int32, device=device)
             lengths = torch.cat(
                 [
-                    torch.ones(self.n_items, dtype=torch.int32) if key == self.schema.item_field
+                    torch.ones(self.n_items, dtype=torch.int32)
+                    if key == self.schema.item_field
                     else torch.zeros(self.n_items, dtype=torch.int32)
                     for key in keys
                 ]
@@ -109,7 +119,9 @@ class RetrievalTask(RecTask):
         return self._items
 
     def _eval_step(self, batch: RetrievalBatch, stage: str) -> None:
-        scores = self.model.score_all(self.model.user_vectors(batch.sparse), self._all_items(batch.target.device))
+        scores = self.model.score_all(
+            self.model.user_vectors(batch.sparse), self._all_items(batch.target.device)
+        )
         scores[:, :NUM_SPECIAL_ROWS] = -torch.inf  # OOV / missing rows are not items
         scores = scores.masked_fill(batch.exclude, -torch.inf)  # (B, I)
         top = scores.topk(max(self.ks), dim=1).indices  # (B, K)

@@ -20,7 +20,11 @@ SMALL_CRITEO = {"n_rows": 4000, "max_card": 2000, "seed": 1}
 
 
 def small_ml(tmp_path: Path, **kw: object) -> RecDataModule:
-    args: dict = {"dataset": "synthetic-movielens", "synthetic": SMALL_ML, "cache_dir": str(tmp_path)}
+    args: dict = {
+        "dataset": "synthetic-movielens",
+        "synthetic": SMALL_ML,
+        "cache_dir": str(tmp_path),
+    }
     args.update(kw)
     return RecDataModule(**args)
 
@@ -73,9 +77,13 @@ def test_batches_are_tensor_slices(tmp_path: Path) -> None:
 
 def test_bag_fields_ml100k(tmp_path: Path) -> None:
     root = shared_dataset("ml-100k")
-    dm = RecDataModule(dataset="ml-100k", root=str(root), task="ctr", batch_size=64, cache_dir=str(tmp_path))
+    dm = RecDataModule(
+        dataset="ml-100k", root=str(root), task="ctr", batch_size=64, cache_dir=str(tmp_path)
+    )
     schema = dm.prepare()
-    assert {"user", "item", "gender", "age", "occupation", "zip", "genres", "year"} <= set(schema.feature_names)
+    assert {"user", "item", "gender", "age", "occupation", "zip", "genres", "year"} <= set(
+        schema.feature_names
+    )
     assert schema.field("genres").max_len > 1
     b = next(iter(dm.train_dataloader()))
     kjt = b.sparse
@@ -89,7 +97,9 @@ def test_bag_fields_ml100k(tmp_path: Path) -> None:
 
 
 def test_synthetic_criteo_dense_and_oracle(tmp_path: Path) -> None:
-    dm = RecDataModule(dataset="synthetic-criteo", task="ctr", synthetic=SMALL_CRITEO, cache_dir=str(tmp_path))
+    dm = RecDataModule(
+        dataset="synthetic-criteo", task="ctr", synthetic=SMALL_CRITEO, cache_dir=str(tmp_path)
+    )
     schema = dm.prepare()
     assert len(schema.dense) == 13 and len(schema.sparse) == 26
     assert 0.5 < schema.stats["oracle_auc"] < 1.0
@@ -127,7 +137,7 @@ def test_splits() -> None:
     assert len(te) == 20 and len(va) == 20
     with pytest.raises(ValueError, match="sum to 1"):
         SplitConfig(fractions=(0.5, 0.1, 0.1))
-    with pytest.raises(ValueError, match="split.kind"):
+    with pytest.raises(ValueError, match=r"split\.kind"):
         SplitConfig(kind="bogus")
 
 
