@@ -326,10 +326,12 @@ def synthetic_criteo(
     interaction tables), so the signal sits on values seen often enough to be learnt.
     ``bias`` is set so that the mean click probability is ``ctr``.
 
-    The defaults were tuned so that, with 1M rows and a random 80/10/10 split, the oracle AUC
-    (``prob`` on the test rows) is about 0.82, a DLRM (16-d embeddings, dot interactions)
-    gets within 0.02 of it, and logistic regression on the same features stays about 0.04
-    below the DLRM: interactions carry a real, learnable share of the signal.
+    The defaults were tuned so that interactions carry a real, learnable share of the signal.
+    With 1M rows and a random 80/10/10 split (seeds 0 and 1): oracle test AUC 0.821 / 0.819;
+    a DLRM (16-d embeddings, dot interactions, Adagrad with initial accumulator 1e-5 on the
+    embeddings, Adam on the MLPs, batch 4096, best of 4 epochs on validation) 0.805 / 0.801;
+    logistic regression on the same features 0.762 / 0.760. Adagrad with a zero initial
+    accumulator overfits the rare rows from the second epoch on and stops at about 0.785.
 
     Returns:
         RawData named ``synthetic-criteo``: sparse ``C1..C{n_sparse}`` (N,) int64, ``dense``

@@ -91,14 +91,11 @@ class RecTask(pl.LightningModule):
         return self.optimizer_factory(dense)
 
     def configure_callbacks(self) -> list[Callback]:
-        ckpt = ModelCheckpoint(
-            monitor=self.monitor,
-            mode=self.monitor_mode,
-            save_last=True,
-            filename="best-{epoch}",
-            auto_insert_metric_name=False,
-        )
-        cbs: list[Callback] = [ckpt]
+        cbs: list[Callback] = []
+        trainer = self._trainer
+        if trainer is None or trainer.checkpoint_callback is not None:
+            # replace the trainer's checkpointing (unless turned off) with one on our metric
+            cbs.append(self._checkpoint())
         if self.early_stopping_patience is not None:
             cbs.append(
                 EarlyStopping(
@@ -106,6 +103,15 @@ class RecTask(pl.LightningModule):
                 )
             )
         return cbs
+
+    def _checkpoint(self) -> ModelCheckpoint:
+        return ModelCheckpoint(
+            monitor=self.monitor,
+            mode=self.monitor_mode,
+            save_last=True,
+            filename="best-{epoch}",
+            auto_insert_metric_name=False,
+        )
 
     def forward_with_penalty(
         self, dense: torch.Tensor, sparse: Any
