@@ -22,22 +22,25 @@ from torch import Tensor, nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollectionInterface
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from reccomp.models.layers import MLP, FeatureLayout, check_num_dense
+from reccomp.models.layers import _ACTIVATIONS, MLP, FeatureLayout, check_num_dense
 
 
 class DeepFM(nn.Module):
-    """``logit = bias + sum_f w_f + linear(dense) + FM(v_1..v_F) + MLP([v_1..v_F, dense])``.
+    """``logit = bias + sum_f w_f + linear(dense) + FM(v_1..v_F) + MLP([e_1..e_F, dense])``.
 
     ``FM(v) = 0.5 * sum_k ((sum_f v_fk)^2 - sum_f v_fk^2)``, the sum of all pairwise dot
     products between field factors. Dense features enter the first-order term (a linear
-    layer) and the deep input, not the FM term.
+    layer) and the deep input, not the FM term. The deep part reads each field's whole row
+    ``e_f = [v_f, w_f]`` (the factor and its first-order weight), so it consumes the
+    collection's output without copying column slices; its first layer is split into an
+    embedding and a dense half, the same map as one layer on their concatenation.
 
     Args:
         embeddings: collection whose tables all have width ``k + 1`` (``k >= 1``), rows
             ``[v (k), w (1)]``.
         num_dense: number of dense features (0 for none).
         deep_mlp: hidden widths of the deep part; a final ``Linear(-, 1)`` is appended.
-            The default is the paper's 400-400-400.
+            The default is the paper's 400-400-400; empty = a linear deep part.
         activation: activation of the deep part.
         dropout: dropout after each hidden layer of the deep part.
         init_bias: initial global bias, e.g. the log-odds of the training click rate.
@@ -66,25 +69,37 @@ class DeepFM(nn.Module):
                 f"one first-order weight), got {self._layout.describe()}"
             )
         self.num_features = self._layout.num_features
+        self.width = width
         self.factor_dim = width - 1  # k
         self.dense_linear = nn.Linear(num_dense, 1, bias=False) if num_dense else None
-        deep_in = self.num_features * self.factor_dim + num_dense
-        self.deep = nn.Sequential(
-            MLP(deep_in, deep_mlp, activation, dropout),
-            nn.Linear(deep_mlp[-1] if len(deep_mlp) else deep_in, 1),
-        )
+        sizes = list(deep_mlp)
+        first_out = sizes[0] if sizes else 1
+        self.deep_emb = nn.Linear(self.num_features * width, first_out)
+        self.deep_dense = nn.Linear(num_dense, first_out, bias=False) if num_dense else None
+        if sizes:
+            act = _ACTIVATIONS[activation]() if activation in _ACTIVATIONS else None
+            if act is None:
+                raise ValueError(
+                    f"unknown activation {activation!r}; choose from {list(_ACTIVATIONS)}"
+                )
+            rest: list[nn.Module] = [act] + ([nn.Dropout(dropout)] if dropout > 0 else [])
+            rest.append(MLP(sizes[0], [*sizes[1:], 1], activation, dropout, last_activation=False))
+            self.deep_rest: nn.Module = nn.Sequential(*rest)
+        else:
+            self.deep_rest = nn.Identity()
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
 
     def forward(self, dense: Tensor, sparse: KeyedJaggedTensor) -> Tensor:
         values = self._layout.values(self.embeddings(sparse))  # (B, F*(k+1))
-        rows = values.reshape(-1, self.num_features, self.factor_dim + 1)  # (B, F, k+1)
-        factors = rows[..., :-1]  # (B, F, k)
-        first = rows[..., -1].sum(dim=1)  # (B,)
-        summed = factors.sum(dim=1)  # (B, k)
-        fm = 0.5 * (summed.square() - factors.square().sum(dim=1)).sum(dim=1)  # (B,)
-        deep_in = factors.reshape(factors.shape[0], -1)  # (B, F*k)
-        if self.dense_linear is not None:
-            first = first + self.dense_linear(dense).squeeze(1)
-            deep_in = torch.cat([deep_in, dense], dim=1)  # (B, F*k + num_dense)
-        deep = self.deep(deep_in).squeeze(1)  # (B,)
+        rows = values.view(-1, self.num_features, self.width)  # (B, F, k+1)
+        summed = rows.sum(dim=1)  # (B, k+1): field sums of factors and first-order weights
+        squares = rows.square().sum(dim=1)  # (B, k+1)
+        k = self.factor_dim
+        fm = 0.5 * (summed[:, :k].square() - squares[:, :k]).sum(dim=1)  # (B,)
+        first = summed[:, k]  # (B,)
+        hidden = self.deep_emb(values)  # (B, h0)
+        if self.deep_dense is not None:
+            hidden = hidden + self.deep_dense(dense)
+            first = first + self.dense_linear(dense).squeeze(1)  # type: ignore[misc]
+        deep = self.deep_rest(hidden).squeeze(1)  # (B,)
         return self.bias + first + fm + deep

@@ -131,6 +131,11 @@ def fused_collection(
             std = spec.init_std if spec.init_std is not None else 1.0 / math.sqrt(cfg.embedding_dim)
             w = torch.randn(weight.shape, generator=gen) * std
             weight.copy_(w.to(weight.device))
+        # write the optimizer state once so its pages are mapped now, not on the first steps
+        for state in ebc.fused_optimizer().state.values():
+            for t in state.values():
+                if isinstance(t, torch.Tensor):
+                    t.zero_()
     return ebc
 
 

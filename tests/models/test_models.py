@@ -141,13 +141,24 @@ def test_dlrm_matches_naive_interactions() -> None:
 def test_deepfm_matches_naive_fm() -> None:
     k = 4
     model = DeepFM(make_collection(uniform(k + 1), False), 0, deep_mlp=[8], init_bias=0.25)
-    nn.init.zeros_(model.deep[-1].weight)  # silence the deep part
-    nn.init.zeros_(model.deep[-1].bias)
+    last = model.deep_rest[-1][-1]  # the deep part's final Linear(-, 1)
+    nn.init.zeros_(last.weight)  # silence the deep part
+    nn.init.zeros_(last.bias)
     kjt = make_kjt(BAG_LENGTHS)
     emb = model.embeddings(kjt).to_dict()
     first = sum(emb[f][:, k] for f in "abc")
     pairs = sum((emb[f][:, :k] * emb[g][:, :k]).sum(1) for f, g in itertools.combinations("abc", 2))
     torch.testing.assert_close(model(make_dense(0), kjt), 0.25 + first + pairs)
+
+
+def test_deepfm_split_first_layer_equals_concat() -> None:
+    """The deep part's split first layer is one Linear on [rows, dense]."""
+    model = DeepFM(make_collection(uniform(4), False), NUM_DENSE, deep_mlp=[8])
+    dense, kjt = make_dense(NUM_DENSE), make_kjt(BAG_LENGTHS)
+    values = model.embeddings(kjt).values()
+    w = torch.cat([model.deep_emb.weight, model.deep_dense.weight], dim=1)
+    joint = torch.cat([values, dense], dim=1) @ w.T + model.deep_emb.bias
+    torch.testing.assert_close(model.deep_emb(values) + model.deep_dense(dense), joint)
 
 
 def test_dcn_matches_cross_formula() -> None:
