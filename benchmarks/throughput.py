@@ -3,8 +3,9 @@
 Times training steps at batch 4096 on synthetic-criteo (13 dense + 26 categorical fields),
 in one run, for two models:
 
-* ``fm``: embedding-bound: 26 fields of dim 64 and an FM head (DeepFM without hidden
-  layers), so the embedding lookups and their optimizer dominate;
+* ``fm`` and ``mlp``: embedding-bound: 26 fields of dim 64 and a thin head, an FM (DeepFM
+  without hidden layers) or a small MLP (DCNv2 without cross layers, one hidden layer of
+  16), so the embedding lookups and their optimizer dominate;
 * ``dlrm``: DLRM with bottom MLP 512-256-64 and top MLP 512-256-1, bound by the dense layers;
   the script also prints the share of the machine's matrix-multiply rate it reaches.
 
@@ -33,7 +34,7 @@ from torch import nn
 
 from reccomp.data.datamodule import RecDataModule
 from reccomp.data.loader import BatchIterator, SplitTensors
-from reccomp.models import DLRM, DeepFM
+from reccomp.models import DLRM, DCNv2, DeepFM
 from reccomp.modules.embedding import EmbeddingSpec
 from reccomp.tasks import CTRTask
 
@@ -114,6 +115,19 @@ class RefFM(nn.Module):
         first = summed[:, k] + self.dense_linear(dense).squeeze(1)
         deep = (self.deep_emb(rows.flatten(1)) + self.deep_dense(dense)).squeeze(1)
         return self.bias + first + fm + deep
+
+
+class RefMLP(nn.Module):
+    """The same math as :class:`reccomp.models.DCNv2` with no cross layers and one hidden layer."""
+
+    def __init__(self, cards: list[int], num_dense: int) -> None:
+        super().__init__()
+        self.emb = RefEmbeddings(cards, DIM)
+        self.deep = nn.Sequential(mlp([num_dense + len(cards) * DIM, 16]), nn.Linear(16, 1))
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        x0 = torch.cat([dense, self.emb(sparse).flatten(1)], 1)  # (B, 13 + F*D)
+        return self.deep(x0).squeeze(1)
 
 
 class RefDLRM(nn.Module):
@@ -228,6 +242,7 @@ def main() -> None:
 
         models = {
             "fm": (lambda e, d: DeepFM(e, d, deep_mlp=()), RefFM),
+            "mlp": (lambda e, d: DCNv2(e, d, num_cross_layers=0, deep_mlp=(16,)), RefMLP),
             "dlrm": (lambda e, d: DLRM(e, d, bottom_mlp=(512, 256), top_mlp=(512, 256)), RefDLRM),
         }
         # per round and side: the median step time; reported: each side's best round

@@ -62,6 +62,8 @@ class RecTask(pl.LightningModule):
         schema: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if type(self) is RecTask:
+            raise TypeError("RecTask is a base class: use RatingTask, CTRTask or RetrievalTask")
         if schema is None:
             raise ValueError("a task needs the data schema (the CLI links it from the data module)")
         if isinstance(schema, Schema):
@@ -124,6 +126,25 @@ class RecTask(pl.LightningModule):
             )
         out = fwd(dense, sparse)
         return out.prediction, self.model.l2_penalty(out.user, out.item)
+
+    # -- evaluation: subclasses accumulate in _eval_step and log in _eval_end ---------------
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        raise NotImplementedError
+
+    def _eval_end(self, stage: str) -> None:
+        raise NotImplementedError
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
 
     def log_memory(self) -> None:
         for k, v in self.embedding_memory().items():

@@ -50,17 +50,5 @@ class CTRTask(RecTask):
             self.log("test/oracle_auc", float(oracle))
         self.log_memory()
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return torch.sigmoid(self(batch))

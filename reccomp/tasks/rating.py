@@ -60,17 +60,5 @@ class RatingTask(RecTask):
         self.log(f"{stage}/loss", (s[0] / n).float())
         self.log_memory()
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self(batch).clamp(self.low, self.high)

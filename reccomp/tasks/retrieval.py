@@ -148,17 +148,5 @@ class RetrievalTask(RecTask):
             self.log(f"{stage}/ndcg@{k}", (s[2 * j + 1] / n).float(), prog_bar=k == self.ks[-1])
         self.log_memory()
 
-    def validation_step(self, batch: RetrievalBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def test_step(self, batch: RetrievalBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
     def predict_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self.model(batch.dense, batch.sparse)
