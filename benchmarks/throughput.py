@@ -36,6 +36,7 @@ from reccomp.data.datamodule import RecDataModule
 from reccomp.data.loader import BatchIterator, SplitTensors
 from reccomp.models import DLRM, DCNv2, DeepFM
 from reccomp.modules.embedding import EmbeddingSpec
+from reccomp.runtime import tune_malloc
 from reccomp.tasks import CTRTask
 
 BATCH = 4096
@@ -207,12 +208,15 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=500_000)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--default-malloc", action="store_true", help="skip reccomp.runtime.tune_malloc")
     p.add_argument(
         "--sparse-optimizer",
         default="adagrad",
         help="reccomp's fused optimizer (the reference always uses torch.optim.Adagrad)",
     )
     args = p.parse_args()
+    # both sides run in this process, so both get the allocator setting the CLI uses
+    print(f"tune_malloc: {tune_malloc() if not args.default_malloc else 'off'}")
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, dim {DIM}, "

@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from reccomp.data.datamodule import RecDataModule
+from reccomp.runtime import tune_malloc
 from reccomp.tasks.base import RecTask
 
 RUN_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -188,6 +189,7 @@ def run_cli(argv: list[str] | None) -> RecCLI:
 
 def main(argv: list[str] | None = None) -> None:
     from_command_line = argv is None
+    tune_malloc()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":
         from reccomp.data.cli import data_main
