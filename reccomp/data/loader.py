@@ -158,12 +158,10 @@ class RetrievalIterator:
     def _dense(self, csr: tuple[np.ndarray, np.ndarray], users: np.ndarray) -> torch.Tensor:
         indptr, items = csr
         lens = indptr[users + 1] - indptr[users]
-        rows = np.repeat(np.arange(len(users)), lens)
-        cols = (
-            items[np.concatenate([np.arange(indptr[u], indptr[u + 1]) for u in users])]
-            if len(users)
-            else np.zeros(0, np.int64)
-        )
+        rows = np.repeat(np.arange(len(users)), lens)  # (nnz,)
+        # position of each entry in the CSR: its user's start plus its rank within the user
+        starts = np.repeat(indptr[users] - (np.cumsum(lens) - lens), lens)
+        cols = items[starts + np.arange(int(lens.sum()))]  # (nnz,)
         out = torch.zeros(len(users), self.n_items, dtype=torch.bool)  # (B, I)
         out[torch.from_numpy(rows), torch.from_numpy(cols)] = True
         return out
