@@ -157,35 +157,14 @@ def test_test_and_predict_from_checkpoint(
 
 def test_data_prepare_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = str(CONFIGS / "synthetic-criteo-dlrm.yaml")
+    tiny = ["--config", cfg, "--data.synthetic", TINY_CRITEO, "--data.cache_dir", str(tmp_path)]
     with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "data",
-                "prepare",
-                "--config",
-                cfg,
-                "--data.synthetic",
-                TINY_CRITEO,
-                "--data.cache_dir",
-                str(tmp_path),
-            ]
-        )
+        main(["data", "prepare", *tiny])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "oracle_auc" in out and "C26" in out
     with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "data",
-                "info",
-                "--config",
-                cfg,
-                "--data.synthetic",
-                TINY_CRITEO,
-                "--data.cache_dir",
-                str(tmp_path),
-            ]
-        )
+        main(["data", "info", *tiny])
     assert e.value.code == 0
     assert "cached" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:

@@ -108,7 +108,7 @@ class RecDataModule(pl.LightningDataModule):
         root = Path(self.root) if self.root is not None else None
         files = source_files(self.dataset, root)
         settings = dataclasses.asdict(self.settings)
-        if canonical(self.dataset) == "criteo":  # strict / side features do not change its arrays
+        if canonical(self.dataset) == "criteo":  # side features do not exist there
             settings.pop("side_features")
         key = cache_key(canonical(self.dataset), files, settings)
         return cache_root(self.cache_dir) / f"{self.dataset}-{self.task}-{key}"

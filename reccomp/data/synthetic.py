@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from reccomp.data.prepare import transform_dense
 from reccomp.data.raw import RawData
 
 # -- shared helpers --------------------------------------------------------------------------
@@ -273,11 +274,6 @@ def _dense_features(rng: np.random.Generator, n_rows: int, n_dense: int) -> np.n
     return dense
 
 
-def dense_transform(dense: np.ndarray) -> np.ndarray:
-    """``log(1 + max(x, 0))`` with missing (NaN) -> 0, as the CTR pipeline transforms dense."""
-    return np.nan_to_num(np.log1p(np.maximum(dense, 0)), nan=0.0).astype(np.float32)
-
-
 def _centre(table: np.ndarray, p: np.ndarray) -> np.ndarray:
     """``table`` minus its ``p``-weighted mean over rows, so its term adds no offset."""
     return table - np.tensordot(p, table, axes=(0, 0))
@@ -376,7 +372,7 @@ def synthetic_criteo(
 
     # dense: linear in the standardized transformed counts
     dense = _dense_features(rng, n_rows, n_dense)  # (N, D)
-    h = dense_transform(dense)  # (N, D)
+    h = transform_dense(dense)  # (N, D)
     h = (h - h.mean(0)) / np.maximum(h.std(0), 1e-6)
     if n_dense:
         term = h @ rng.normal(0.0, 1.0, n_dense)

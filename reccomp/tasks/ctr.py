@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from reccomp.data.sources import binary_auc
+from reccomp.metrics import binary_auc
 from reccomp.sparse.batch import Batch
 from reccomp.tasks.base import RecTask
 

@@ -41,7 +41,7 @@ class RetrievalTask(RecTask):
         super().__init__(*args, **kwargs)
         if loss not in ("bpr", "bce"):
             raise ValueError(f"loss must be 'bpr' or 'bce', got {loss!r}")
-        for attr in ("user_vectors", "item_vectors", "score_all"):
+        for attr in ("user_vectors", "lookup_items", "score_all"):
             if not hasattr(self.model, attr):
                 raise ValueError(
                     f"retrieval needs a model with {attr}() (e.g. MatrixFactorization)"
@@ -104,18 +104,7 @@ class RetrievalTask(RecTask):
     def _all_items(self, device: torch.device) -> torch.Tensor:
         """(I, d) vectors of every item row, computed once per evaluation pass."""
         if self._items is None:
-            keys = list(self.schema.feature_names)
-            items = torch.arange(self.n_items, dtype=torch.int32, device=device)
-            lengths = torch.cat(
-                [
-                    torch.ones(self.n_items, dtype=torch.int32)
-                    if key == self.schema.item_field
-                    else torch.zeros(self.n_items, dtype=torch.int32)
-                    for key in keys
-                ]
-            ).to(device)
-            kjt = KeyedJaggedTensor(keys=keys, values=items, lengths=lengths)
-            self._items = self.model.item_vectors(kjt)
+            self._items = self.model.lookup_items(torch.arange(self.n_items, device=device))
         return self._items
 
     def _eval_step(self, batch: RetrievalBatch, stage: str) -> None:

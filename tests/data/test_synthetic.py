@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+
+from reccomp.data.prepare import transform_dense
 import pytest
 
 from reccomp.data.synthetic import (
     criteo_cardinalities,
-    dense_transform,
     sample_from,
     synthetic_criteo,
     synthetic_movielens,
@@ -61,7 +62,7 @@ def test_zipf_sampling_follows_the_law():
 
 def test_dense_transform_maps_missing_and_negatives_to_zero():
     x = np.array([[np.nan, -2.0, 0.0, np.e - 1]], dtype=np.float32)
-    np.testing.assert_allclose(dense_transform(x), [[0.0, 0.0, 0.0, 1.0]], rtol=1e-6)
+    np.testing.assert_allclose(transform_dense(x), [[0.0, 0.0, 0.0, 1.0]], rtol=1e-6)
 
 
 # -- MovieLens-like ----------------------------------------------------------------------------
