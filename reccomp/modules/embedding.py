@@ -4,9 +4,10 @@ The collection is a TorchRec ``FusedEmbeddingBagCollection``: FBGEMM's table-bat
 embedding (TBE) kernels run the lookups and apply the sparse optimizer inside the backward
 pass, so the embedding tables never reach the dense (torch) optimizer.
 
-Compression methods plug in through :data:`METHODS` (a registry, not if/elif): a builder
-``(schema, spec, device) -> collection`` that returns a drop-in for
-``EmbeddingBagCollection``. Only ``full`` (the uncompressed baseline) is defined here.
+Compression methods plug in through the registry of :mod:`reccomp.compress` (a config
+dataclass plus a per-table module per method, not if/elif): :func:`build_embeddings` returns
+a :class:`~reccomp.compress.CompressedEmbeddingBagCollection`, a drop-in for TorchRec's
+``EmbeddingBagCollection``, whatever the method.
 
 Example::
 
@@ -20,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,9 +45,10 @@ class EmbeddingSpec:
     """The ``embeddings:`` block of a task config.
 
     Args:
-        method: compression method, a key of :data:`METHODS` (``full`` = uncompressed).
+        method: compression method, a name registered in :mod:`reccomp.compress`
+            (``full`` = uncompressed; ``reccomp.compress.method_names()`` lists them).
         budget: target memory, as a fraction of the full collection's bytes (<= 1) or
-            as bytes (> 1); ``None`` = the method's own default.
+            as bytes (> 1); ``None`` = the method's size options, else 1/4 of each table.
         dim: width of every table, a multiple of 4 (FBGEMM); models document how they use
             it (MF: d factors + 1 bias column).
         optimizer: fused sparse optimizer run by FBGEMM in the backward pass: ``sgd``,
@@ -57,7 +58,9 @@ class EmbeddingSpec:
         weight_decay: its L2 weight decay.
         init_std: rows start as N(0, init_std^2); ``None`` = 1/sqrt(dim).
         pooling: ``sum`` or ``mean`` pooling of multi-valued fields.
-        options: method-specific options.
+        options: the method's options (its config dataclass's fields).
+        tables: per-field overrides, ``{field: {method: NAME, options: {...}}}``.
+        min_rows: tables with fewer rows stay uncompressed (``full``).
     """
 
     method: str = "full"
@@ -70,12 +73,23 @@ class EmbeddingSpec:
     init_std: float | None = None
     pooling: str = "sum"
     options: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    min_rows: int = 1000
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(
-                f"embeddings.method: unknown method {self.method!r}; known: {sorted(METHODS)}"
-            )
+        from reccomp.compress import make_config
+
+        # unknown methods and options of another method fail here, before any training
+        try:
+            make_config(self.method, self.options)
+            for name, o in self.tables.items():
+                if set(o) - {"method", "options"}:
+                    raise ValueError(f"tables.{name}: keys are 'method' and 'options', got {sorted(o)}")
+                make_config(o.get("method", self.method), o.get("options", {}))
+        except ValueError as e:
+            raise ValueError(f"embeddings: {e}") from None
+        if self.min_rows < 0:
+            raise ValueError(f"embeddings.min_rows must be >= 0, got {self.min_rows}")
         if self.optimizer not in SPARSE_OPTIMIZERS:
             raise ValueError(
                 f"embeddings.optimizer: unknown {self.optimizer!r}; known: {sorted(SPARSE_OPTIMIZERS)}"
@@ -117,8 +131,10 @@ def fused_collection(
     spec: EmbeddingSpec,
     device: torch.device | None = None,
     seed: int = 0,
+    init_means: list[float] | None = None,
 ) -> FusedEmbeddingBagCollection:
-    """FBGEMM-backed collection with the spec's fused optimizer and a seeded init."""
+    """FBGEMM-backed collection with the spec's fused optimizer and a seeded init:
+    table ``i`` starts as N(init_means[i], init_std^2) (mean 0 by default)."""
     ebc = FusedEmbeddingBagCollection(
         tables=tables,
         optimizer_type=SPARSE_OPTIMIZERS[spec.optimizer],
@@ -127,9 +143,10 @@ def fused_collection(
     )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for (_, weight), cfg in zip(ebc.named_parameters(), tables, strict=True):
+        means = init_means or [0.0] * len(tables)
+        for (_, weight), cfg, mean in zip(ebc.named_parameters(), tables, means, strict=True):
             std = spec.init_std if spec.init_std is not None else 1.0 / math.sqrt(cfg.embedding_dim)
-            w = torch.randn(weight.shape, generator=gen) * std
+            w = torch.randn(weight.shape, generator=gen) * std + mean
             weight.copy_(w.to(weight.device))
         # write the optimizer state once so its pages are mapped now, not on the first steps
         for state in ebc.fused_optimizer().state.values():
@@ -144,21 +161,14 @@ def full_bytes(schema: Schema, spec: EmbeddingSpec, bytes_per_value: int = 4) ->
     return sum(f.cardinality * spec.dim * bytes_per_value for f in schema.sparse)
 
 
-def build_full(
-    schema: Schema, spec: EmbeddingSpec, device: torch.device | None = None
-) -> nn.Module:
-    return fused_collection(table_configs(schema, spec), spec, device)
-
-
-Builder = Callable[[Schema, EmbeddingSpec, "torch.device | None"], nn.Module]
-METHODS: dict[str, Builder] = {"full": build_full}
-
-
 def build_embeddings(
-    schema: Schema, spec: EmbeddingSpec, device: torch.device | None = None
+    schema: Schema, spec: EmbeddingSpec, device: torch.device | None = None, data: Any = None
 ) -> nn.Module:
-    """The embedding collection for ``schema`` built by ``spec.method``."""
-    return METHODS[spec.method](schema, spec, device)
+    """The embedding collection for ``schema`` built by ``spec.method`` (fitted to ``data``,
+    a :class:`reccomp.compress.FitData`, when given)."""
+    from reccomp.compress import build_collection
+
+    return build_collection(schema, spec, device, data)
 
 
 def memory_bytes(collection: nn.Module) -> int:

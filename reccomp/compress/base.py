@@ -1,0 +1,214 @@
+"""The per-table part of a compression method: remap ids -> TorchRec lookup -> decode.
+
+A :class:`TableMethod` owns one sparse field. It maps the field's ids to rows of one or
+more *storage tables* (:meth:`TableMethod.remap`, plain tensor code that TorchScript
+compiles), the collection looks those rows up in ordinary TorchRec tables (FBGEMM kernels,
+shardable by the planner), and :meth:`TableMethod.decode` turns the pooled rows into the
+field's ``dim``-wide embedding (sum, product, concatenation, ...).
+
+Sizes come from a byte budget through :meth:`TableMethod.fit_budget` (class method, no data);
+data-dependent state (frequency ranks, cluster maps) is built in :meth:`fit` and held in
+buffers with a trailing ``_``, so a checkpoint restores it without the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from reccomp.compress.registry import MethodConfig
+
+BYTES_PER_VALUE = 4  # fp32 tables
+_PRIME = 2147483647  # 2^31 - 1: a*x + b stays inside int64 for x, a, b < 2^31
+
+
+class BudgetError(ValueError):
+    """No setting of a method reaches the requested memory."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One storage table: ``rows`` x ``width``, initialized N(init_mean, std^2).
+
+    ``lookups`` > 1 when several remapped id streams index the same table (a shared table).
+    """
+
+    suffix: str
+    rows: int
+    width: int
+    init_mean: float = 0.0
+    lookups: int = 1
+
+
+def hash_params(seed: int) -> torch.Tensor:
+    """(2,) int64 ``[a, b]`` of a seeded universal hash ``((a x + b) mod p) mod m``."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(1, _PRIME, (1,), generator=g, dtype=torch.int64)
+    b = torch.randint(0, _PRIME, (1,), generator=g, dtype=torch.int64)
+    return torch.cat([a, b])
+
+
+def universal_hash(ids: torch.Tensor, params: torch.Tensor, m: int) -> torch.Tensor:
+    """Rows in ``[0, m)`` of int64 ``ids`` (any value, negative included). Same shape."""
+    p = 2147483647  # _PRIME, spelled out for TorchScript
+    x = ids.remainder(p)  # in [0, p): the product below fits int64
+    return (x * params[0] + params[1]).remainder(p).remainder(m)
+
+
+def index_dtype(max_value: int) -> torch.dtype:
+    """The smallest signed int type holding ``max_value`` (id maps are counted in bytes)."""
+    if max_value < 2**15:
+        return torch.int16
+    return torch.int32 if max_value < 2**31 else torch.int64
+
+
+def field_seed(field: str, salt: int = 0) -> int:
+    """A stable per-field seed (Python's ``hash`` is salted per process)."""
+    h = 0
+    for ch in f"{field}/{salt}":
+        h = (h * 1000003 + ord(ch)) % _PRIME
+    return h
+
+
+class TableMethod(nn.Module):
+    """Base of a method's per-field module.
+
+    Args:
+        field: the sparse field (KeyedJaggedTensor key).
+        num_embeddings: rows of the uncompressed table (the field's cardinality).
+        dim: output width.
+        config: the method's options with every size resolved (see :meth:`fit_budget`).
+        seed: seeds the hash parameters.
+        multi_valued: the field may hold bags of several ids (decoders that are not
+            linear in the pooled rows refuse such fields).
+    """
+
+    needs_fit: bool = False  # True: fit() must see the training data before training
+
+    def __init__(
+        self,
+        field: str,
+        num_embeddings: int,
+        dim: int,
+        config: MethodConfig,
+        seed: int = 0,
+        multi_valued: bool = False,
+    ) -> None:
+        super().__init__()
+        self.field = field
+        self.num_embeddings = num_embeddings
+        self.dim = dim
+        self.config = config
+        self.seed = seed
+        self.multi_valued = multi_valued
+        self.rows: list[int] = []  # rows of each storage table; set by subclasses
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @classmethod
+    def table_bytes(cls, num_embeddings: int, dim: int, config: MethodConfig) -> int:
+        """Bytes (tables + maps + parameters) of a table with this resolved ``config``."""
+        raise NotImplementedError
+
+    @classmethod
+    def min_bytes(cls, num_embeddings: int, dim: int, config: MethodConfig) -> int:
+        """The fewest bytes any setting of the method needs for this table."""
+        raise NotImplementedError
+
+    @classmethod
+    def fit_budget(
+        cls, num_embeddings: int, dim: int, config: MethodConfig, budget_bytes: int
+    ) -> MethodConfig:
+        """``config`` with its size options chosen to use at most ``budget_bytes``."""
+        raise NotImplementedError
+
+    def tables(self) -> list[TableSpec]:
+        """Storage tables, in the order :meth:`remap` returns their id streams."""
+        one = len(self.rows) == 1
+        return [TableSpec("" if one else f":{i}", r, self.dim) for i, r in enumerate(self.rows)]
+
+    def map_bytes(self) -> int:
+        """Bytes of the buffers a server holds (id maps, hash parameters)."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def memory_bytes(self) -> int:
+        return self.map_bytes() + sum(t.rows * t.width * BYTES_PER_VALUE for t in self.tables())
+
+    def resize(self, rows: list[int]) -> None:
+        """Set storage rows (a checkpoint of a data-sized table restores them this way)."""
+        self.rows = list(rows)
+
+    # -- data ----------------------------------------------------------------------------------
+    def fit(self, data: Any) -> None:  # noqa: B027  (optional hook)
+        """Build data-dependent state (see :class:`reccomp.compress.data.FitData`)."""
+
+    @classmethod
+    def fit_group(cls, modules: list[TableMethod], data: Any) -> None:
+        """Fit all of a collection's tables that use this method (default: one by one)."""
+        for m in modules:
+            m.fit(data)
+
+    # -- lookup --------------------------------------------------------------------------------
+    def remap(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """(N,) int64 ids -> (N,) int64 rows, one tensor per lookup of each storage table."""
+        raise NotImplementedError
+
+    def decode(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        """Pooled rows, one (B, width) per lookup -> (B, dim). Default: their sum."""
+        out = pooled[0]
+        for p in pooled[1:]:
+            out = out + p
+        return out
+
+
+def in_range(ids: torch.Tensor, n: int) -> torch.Tensor:
+    """``ids`` with everything outside ``[0, n)`` sent to row 0 (the out-of-vocabulary row)."""
+    return torch.where((ids >= 0) & (ids < n), ids, torch.zeros_like(ids))
+
+
+def largest_fitting(lo: int, hi: int, fits: Any) -> int | None:
+    """Largest integer k in [lo, hi] with ``fits(k)`` (``fits`` monotone: true then false)."""
+    if hi < lo or not fits(lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def replace(config: MethodConfig, **kw: Any) -> MethodConfig:
+    return dataclasses.replace(config, **kw)
+
+
+def top_ids(counts: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` most frequent ids, sorted by id (ties broken towards smaller ids)."""
+    k = min(k, len(counts))
+    order = np.lexsort((np.arange(len(counts)), -counts))  # by count desc, then id
+    return np.sort(order[:k])
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+__all__ = [
+    "BYTES_PER_VALUE",
+    "BudgetError",
+    "TableMethod",
+    "TableSpec",
+    "ceil_div",
+    "field_seed",
+    "hash_params",
+    "in_range",
+    "index_dtype",
+    "largest_fitting",
+    "top_ids",
+    "universal_hash",
+]

@@ -1,0 +1,361 @@
+"""The compressed embedding collection: a drop-in for TorchRec's ``EmbeddingBagCollection``.
+
+:class:`CompressedEmbeddingBagCollection` holds one :class:`~reccomp.compress.base.TableMethod`
+per sparse field and one TorchRec collection (``storage``) with every storage table. Forward:
+remap each field's ids (tensor code), look all rows up in one call of ``storage`` (FBGEMM's
+table-batched kernels; shardable by TorchRec's planner), decode each field's pooled rows.
+
+Example::
+
+    >>> from reccomp.data.schema import Schema, SparseField
+    >>> from reccomp.modules.embedding import EmbeddingSpec
+    >>> schema = Schema("toy", "ctr", [SparseField("user", 5000), SparseField("item", 3000)])
+    >>> ebc = build_collection(schema, EmbeddingSpec(method="hash", budget=0.25, dim=8))
+    >>> round(ebc.memory_bytes() / ebc.full_bytes(), 2) <= 0.25
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from reccomp.compress.base import BYTES_PER_VALUE, BudgetError, TableMethod, field_seed
+from reccomp.compress.registry import METHODS, MethodConfig, make_config
+from reccomp.data.schema import Schema
+
+
+@dataclass
+class TablePlan:
+    """The method and resolved options of one field, and its share of the budget."""
+
+    field: str
+    num_embeddings: int
+    config: MethodConfig
+    budget_bytes: int | None = None
+    multi_valued: bool = False
+
+
+class CompressedEmbeddingBagCollection(nn.Module):
+    """Compressed tables behind the ``EmbeddingBagCollection`` interface.
+
+    Args:
+        plans: one :class:`TablePlan` per field, in KeyedJaggedTensor key order.
+        dim: output width of every field.
+        storage_factory: builds the storage collection from TorchRec table configs and
+            per-table init means (the fused FBGEMM collection for training).
+        pooling: ``sum`` or ``mean``.
+
+    ``forward(KeyedJaggedTensor) -> KeyedTensor`` with keys = field names and ``dim`` columns
+    each, as ``EmbeddingBagCollection`` would give.
+    """
+
+    __jit_unused_properties__ = ["needs_fit"]  # noqa: RUF012  (TorchScript reads this name)
+
+    def __init__(
+        self,
+        plans: list[TablePlan],
+        dim: int,
+        storage_factory: Any,
+        pooling: str = "sum",
+    ) -> None:
+        super().__init__()
+        self.plans = plans
+        self.dim = dim
+        self.pooling = pooling
+        self._keys = [p.field for p in plans]
+        self._dims = [dim] * len(plans)
+        self.tables = nn.ModuleList(
+            [
+                type(p.config).module(
+                    p.field,
+                    p.num_embeddings,
+                    dim,
+                    p.config,
+                    seed=field_seed(p.field),
+                    multi_valued=p.multi_valued,
+                )
+                for p in plans
+            ]
+        )
+        self._storage_factory = storage_factory
+        self.fitted = not self.needs_fit
+        self._build_storage()
+
+    # -- storage -------------------------------------------------------------------------------
+    def storage_configs(self) -> tuple[list[EmbeddingBagConfig], list[float]]:
+        """TorchRec configs of the storage tables (one feature per lookup) and init means."""
+        pool = PoolingType.SUM if self.pooling == "sum" else PoolingType.MEAN
+        configs, means = [], []
+        for m in self.tables:
+            for t in m.tables():
+                name = f"{m.field}{t.suffix}"
+                feats = [name] if t.lookups == 1 else [f"{name}#{j}" for j in range(t.lookups)]
+                configs.append(
+                    EmbeddingBagConfig(
+                        name=name,
+                        embedding_dim=t.width,
+                        num_embeddings=t.rows,
+                        feature_names=feats,
+                        pooling=pool,
+                    )
+                )
+                means.append(t.init_mean)
+        return configs, means
+
+    def _build_storage(self) -> None:
+        configs, means = self.storage_configs()
+        self.storage = self._storage_factory(configs, means)
+        self._storage_keys = [f for c in configs for f in c.feature_names]
+        self._storage_widths = [c.embedding_dim for c in configs for _ in c.feature_names]
+        self._lookups = [sum(t.lookups for t in m.tables()) for m in self.tables]
+        # every field one identity lookup (full, hash, ...): storage output is the output
+        self._passthrough = all(
+            n == 1 and w == self.dim for n, w in zip(self._lookups, self._storage_widths)
+        ) and len(self._storage_widths) == len(self._keys)
+
+    # -- the EmbeddingBagCollection interface ----------------------------------------------------
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """The *logical* tables (as the uncompressed collection would have them)."""
+        pool = PoolingType.SUM if self.pooling == "sum" else PoolingType.MEAN
+        return [
+            EmbeddingBagConfig(
+                name=p.field,
+                embedding_dim=self.dim,
+                num_embeddings=p.num_embeddings,
+                feature_names=[p.field],
+                pooling=pool,
+            )
+            for p in self.plans
+        ]
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        jts = features.to_dict()
+        values: list[torch.Tensor] = []
+        lengths: list[torch.Tensor] = []
+        for i, m in enumerate(self.tables):
+            jt = jts[self._keys[i]]
+            lens = jt.lengths()
+            for rows in m.remap(jt.values().long()):
+                values.append(rows)
+                lengths.append(lens)
+        kjt = KeyedJaggedTensor(
+            keys=self._storage_keys, values=torch.cat(values), lengths=torch.cat(lengths)
+        )
+        pooled = self.storage(kjt).values()  # (B, sum of storage widths)
+        if self._passthrough:
+            return KeyedTensor(keys=self._keys, length_per_key=self._dims, values=pooled)
+        parts = torch.split(pooled, self._storage_widths, dim=1)
+        outs: list[torch.Tensor] = []
+        j = 0
+        for i, m in enumerate(self.tables):
+            k = self._lookups[i]
+            outs.append(m.decode(list(parts[j : j + k])))  # (B, dim)
+            j += k
+        return KeyedTensor(keys=self._keys, length_per_key=self._dims, values=torch.cat(outs, 1))
+
+    # -- memory --------------------------------------------------------------------------------
+    def memory_by_table(self) -> dict[str, int]:
+        """Bytes a server holds per field: storage rows, id maps, hash parameters."""
+        return {m.field: m.memory_bytes() for m in self.tables}
+
+    def memory_bytes(self) -> int:
+        return sum(self.memory_by_table().values())
+
+    def full_bytes(self) -> int:
+        return sum(p.num_embeddings * self.dim * BYTES_PER_VALUE for p in self.plans)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per field: method, resolved options, rows, bytes, ratio, fit statistics."""
+        out = []
+        for p, m in zip(self.plans, self.tables):
+            full = p.num_embeddings * self.dim * BYTES_PER_VALUE
+            out.append(
+                {
+                    "field": p.field,
+                    "method": p.config.name,
+                    "options": p.config.to_dict(),
+                    "rows": list(m.rows),
+                    "bytes": m.memory_bytes(),
+                    "ratio": m.memory_bytes() / full,
+                    **{k: v for k, v in getattr(m, "stats", {}).items()},
+                }
+            )
+        return out
+
+    # -- data ----------------------------------------------------------------------------------
+    @property
+    def needs_fit(self) -> bool:
+        return any(m.needs_fit for m in self.tables)
+
+    def fit(self, data: Any) -> CompressedEmbeddingBagCollection:
+        """Build data-dependent state from training statistics (a
+        :class:`~reccomp.compress.data.FitData`); resizes storage where the data decides sizes."""
+        groups: dict[type, list[TableMethod]] = {}
+        for m in self.tables:
+            if m.needs_fit:
+                groups.setdefault(type(m), []).append(m)
+        before = [list(m.rows) for m in self.tables]
+        for cls, mods in groups.items():
+            cls.fit_group(mods, data)
+        if [list(m.rows) for m in self.tables] != before:
+            self._build_storage()
+        self.fitted = True
+        return self
+
+    # -- checkpoints: data-sized tables are rebuilt before their weights load --------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"rows": [list(m.rows) for m in self.tables], "fitted": self.fitted}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        rows = state["rows"]
+        if rows != [list(m.rows) for m in self.tables]:
+            for m, r in zip(self.tables, rows):
+                m.resize(r)
+            self._build_storage()
+        self.fitted = bool(state["fitted"])
+
+    # -- serving -------------------------------------------------------------------------------
+    def to_serving(self) -> CompressedEmbeddingBagCollection:
+        """A copy for inference and TorchScript: storage becomes TorchRec's plain
+        ``EmbeddingBagCollection`` (FBGEMM's fused training module does not script) with
+        the same weights.
+
+        >>> scripted = torch.jit.script(collection.to_serving())  # doctest: +SKIP
+        """
+        configs, _ = self.storage_configs()
+        plain = EmbeddingBagCollection(tables=configs, device=torch.device("cpu"))
+        src = {k: v for k, v in self.storage.state_dict().items()}
+        plain.load_state_dict({k: v.detach().cpu() for k, v in src.items()})
+        storage, self.storage = self.storage, nn.Identity()  # don't deep-copy FBGEMM state
+        factory, self._storage_factory = self._storage_factory, None
+        try:
+            out = copy.deepcopy(self)
+        finally:
+            self.storage, self._storage_factory = storage, factory
+        out.storage = plain
+        return out.eval()
+
+
+def _split_budget(flex: list[tuple[int, int, int]], budget: int) -> list[int] | None:
+    """Budget shares (full bytes, min bytes, index) proportional to full size, each >= min."""
+    alloc = [0] * len(flex)
+    pinned: set[int] = set()
+    while True:
+        rest = budget - sum(alloc[i] for i in pinned)
+        free = [j for j in range(len(flex)) if j not in pinned]
+        total = sum(flex[j][0] for j in free)
+        changed = False
+        for j in free:
+            alloc[j] = int(rest * flex[j][0] / max(total, 1))
+            if alloc[j] < flex[j][1]:
+                alloc[j] = flex[j][1]
+                pinned.add(j)
+                changed = True
+        if not changed:
+            break
+    return alloc if sum(alloc) <= budget else None
+
+
+def plan_tables(schema: Schema, spec: Any) -> list[TablePlan]:
+    """Each field's method and resolved sizes for ``spec`` (an ``EmbeddingSpec``).
+
+    Rules, in order: a per-table override in ``spec.tables``; ``full`` for tables under
+    ``spec.min_rows`` rows; for graph methods, fields other than the user and item field
+    take the method's ``fallback``; else ``spec.method``. The budget (a fraction of the full
+    collection's bytes if <= 1, else bytes; ``None``: each method's size options, or 1/4 of
+    each table) is shared among the tables without fixed sizes, in proportion to their full
+    size; each method then chooses its sizes to fit its share.
+
+    Raises:
+        BudgetError: no setting reaches the budget (the message names the method and the
+            smallest reachable budget).
+    """
+    plans: list[TablePlan] = []
+    for f in schema.sparse:
+        name, options = spec.method, spec.options
+        override = spec.tables.get(f.name)
+        if override is not None:
+            name, options = override.get("method", name), override.get("options", {})
+        elif f.cardinality < spec.min_rows:
+            name, options = "full", {}
+        cfg = make_config(name, options)
+        if getattr(type(cfg), "graph_fields", False) and f.name not in (
+            schema.user_field,
+            schema.item_field,
+        ):
+            if override is not None:
+                raise ValueError(f"{name} applies only to the user and item fields, not {f.name!r}")
+            cfg = make_config(cfg.fallback, cfg.fallback_options)
+        if getattr(type(cfg), "graph_fields", False) and not (schema.user_field and schema.item_field):
+            raise ValueError(f"{name} needs user and item fields; data set {schema.name!r} has none")
+        plans.append(TablePlan(f.name, f.cardinality, cfg, multi_valued=f.max_len > 1))
+
+    dim = spec.dim
+    full_total = sum(p.num_embeddings * dim * BYTES_PER_VALUE for p in plans)
+    fixed = [p for p in plans if p.config.name == "full" or p.config.sized_explicitly()]
+    flex = [p for p in plans if p not in fixed]
+    fixed_bytes = sum(type(p.config).module.table_bytes(p.num_embeddings, dim, p.config) for p in fixed)
+    mins = [type(p.config).module.min_bytes(p.num_embeddings, dim, p.config) for p in flex]
+    if spec.budget is None:
+        shares = [p.num_embeddings * dim * BYTES_PER_VALUE // 4 for p in flex]
+        shares = [max(s, m) for s, m in zip(shares, mins)]
+    else:
+        target = int(spec.budget * full_total) if spec.budget <= 1 else int(spec.budget)
+        smallest = (fixed_bytes + sum(mins)) / full_total
+        split = _split_budget(
+            [(p.num_embeddings * dim * BYTES_PER_VALUE, m, i) for i, (p, m) in enumerate(zip(flex, mins))],
+            target - fixed_bytes,
+        ) if target >= fixed_bytes else None
+        if split is None:
+            methods = sorted({p.config.name for p in plans})
+            raise BudgetError(
+                f"embeddings: method {spec.method!r} cannot reach budget {spec.budget} "
+                f"({target} bytes of {full_total}): the smallest reachable budget is "
+                f"{smallest:.4g} ({fixed_bytes + sum(mins)} bytes; tables use {methods}, "
+                f"full tables: {[p.field for p in fixed if p.config.name == 'full']})"
+            )
+        shares = split
+    for p, share in zip(flex, shares):
+        cls = type(p.config).module
+        try:
+            p.config = cls.fit_budget(p.num_embeddings, dim, p.config, share)
+        except BudgetError as e:
+            raise BudgetError(f"embeddings: field {p.field!r}: {e}") from e
+        p.budget_bytes = share
+    return plans
+
+
+def build_collection(
+    schema: Schema,
+    spec: Any,
+    device: torch.device | None = None,
+    data: Any = None,
+) -> CompressedEmbeddingBagCollection:
+    """The collection of ``spec.method`` for ``schema``; fitted now if ``data`` is given."""
+    from reccomp.modules.embedding import fused_collection
+
+    def factory(configs: list[EmbeddingBagConfig], means: list[float]) -> nn.Module:
+        return fused_collection(configs, spec, device, init_means=means)
+
+    coll = CompressedEmbeddingBagCollection(plan_tables(schema, spec), spec.dim, factory, spec.pooling)
+    if data is not None and coll.needs_fit:
+        coll.fit(data)
+    return coll
+
+
+__all__ = [
+    "METHODS",
+    "BudgetError",
+    "CompressedEmbeddingBagCollection",
+    "TablePlan",
+    "build_collection",
+    "plan_tables",
+]

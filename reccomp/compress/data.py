@@ -1,0 +1,58 @@
+"""What methods learn from the data: per-row training frequencies and the interaction graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from reccomp.data.schema import Schema
+
+
+@dataclass
+class FitData:
+    """Training-split statistics for :meth:`TableMethod.fit`.
+
+    Args:
+        counts_by_field: field -> (cardinality,) training frequency of each row.
+        user_field, item_field: the fields of the interaction graph (None: no graph).
+        users, items: (E,) rows of each training interaction.
+
+    Example::
+
+        data = FitData.from_schema(Schema.load(prepared_dir))
+        collection.fit(data)
+    """
+
+    counts_by_field: dict[str, np.ndarray] = field(default_factory=dict)
+    user_field: str | None = None
+    item_field: str | None = None
+    users: np.ndarray | None = None
+    items: np.ndarray | None = None
+
+    def counts(self, name: str) -> np.ndarray:
+        if name not in self.counts_by_field:
+            raise KeyError(f"no training counts for field {name!r}")
+        return self.counts_by_field[name]
+
+    def interactions(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.users is None or self.items is None:
+            raise ValueError(
+                "this data has no user-item interaction graph (the schema names no user and "
+                "item fields): graph methods need one"
+            )
+        return self.users, self.items
+
+    @classmethod
+    def from_schema(cls, schema: Schema) -> FitData:
+        """Counts and the training graph of a prepared data set (``schema.root`` set)."""
+        if schema.root is None:
+            raise ValueError("FitData.from_schema needs a schema loaded from its prepared dir")
+        counts = {f.name: schema.counts(f.name) for f in schema.sparse}
+        users = items = None
+        if schema.user_field and schema.item_field:
+            sparse = np.load(schema.root / "train" / "sparse.npy", mmap_mode="r")
+            single = [f.name for f in schema.sparse if f.max_len == 1]
+            users = np.asarray(sparse[:, single.index(schema.user_field)])
+            items = np.asarray(sparse[:, single.index(schema.item_field)])
+        return cls(counts, schema.user_field, schema.item_field, users, items)
