@@ -139,9 +139,12 @@ class RecCLI(LightningCLI):
         )
         val = self._collect()
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_arg)
-        run_dir = self._write_metrics(
-            {**val, "best_checkpoint": ckpt, "epochs": self.trainer.current_epoch}
-        )
+        extra: dict[str, Any] = {"best_checkpoint": ckpt, "epochs": self.trainer.current_epoch}
+        if hasattr(self.model, "embedding_report"):
+            extra["embeddings/method"] = self.model.spec.method
+            extra["embeddings/budget"] = self.model.spec.budget
+            extra["embeddings/tables"] = self.model.embedding_report()
+        run_dir = self._write_metrics({**val, **extra})
         print(run_dir)
 
     def after_validate(self) -> None:

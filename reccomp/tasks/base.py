@@ -18,6 +18,7 @@ Example (YAML)::
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
 
+from reccomp.compress.data import FitData
 from reccomp.data.schema import Schema
 from reccomp.modules.embedding import EmbeddingSpec, build_embeddings, full_bytes, memory_bytes
 
@@ -77,11 +79,41 @@ class RecTask(pl.LightningModule):
         self.embeddings = build_embeddings(self.schema, embeddings)
         self.model = model(self.embeddings, self.schema.num_dense)
 
+    # -- data-dependent compression state (frequency ranks, graph clusters) -------------------
+    def setup(self, stage: str) -> None:
+        emb = self.embeddings
+        if not getattr(emb, "needs_fit", False) or getattr(emb, "fitted", True):
+            return
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        schema = getattr(dm, "schema", None)
+        if schema is None or getattr(schema, "root", None) is None:
+            raise ValueError(
+                f"embeddings.method {self.spec.method!r} learns from the training data: "
+                "run it with a reccomp data module (or call task.embeddings.fit(FitData))"
+            )
+        t0 = time.perf_counter()
+        emb.fit(FitData.from_schema(schema))
+        mem = self.embedding_memory()
+        print(
+            f"Embeddings fitted to the training split in {time.perf_counter() - t0:.1f} s: "
+            f"{mem['embeddings/bytes'] / 2**20:.2f} MiB ({mem['embeddings/ratio']:.3f} of full)"
+        )
+
     # -- memory ------------------------------------------------------------------------------
     def embedding_memory(self) -> dict[str, float]:
+        """Bytes of the collection, its ratio to the uncompressed one, and per table."""
         used = memory_bytes(self.embeddings)
         full = full_bytes(self.schema, self.spec)
-        return {"embeddings/bytes": float(used), "embeddings/ratio": used / max(full, 1)}
+        out = {"embeddings/bytes": float(used), "embeddings/ratio": used / max(full, 1)}
+        per_table = getattr(self.embeddings, "memory_by_table", None)
+        if callable(per_table):
+            out.update({f"embeddings/bytes/{k}": float(v) for k, v in per_table().items()})
+        return out
+
+    def embedding_report(self) -> list[dict[str, Any]]:
+        """Per table: method, resolved options, rows, bytes and ratio (for metrics.json)."""
+        describe = getattr(self.embeddings, "describe", None)
+        return describe() if callable(describe) else []
 
     # -- optimization ------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
