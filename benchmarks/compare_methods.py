@@ -66,7 +66,9 @@ def main() -> None:
         print(
             f"| {m} | {int(r['embeddings/bytes'])} | {r['embeddings/ratio']:.3f} | "
             + " | ".join(vals)
-            + f" | {cl[0]:.1f} |" * bool(cl) + " - |" * (not cl) + f" {secs:.0f} |"
+            + f" | {cl[0]:.1f} |" * bool(cl)
+            + " - |" * (not cl)
+            + f" {secs:.0f} |"
         )
 
 

@@ -17,6 +17,10 @@ The two sides alternate in rounds so machine noise hits both; each round gives t
 step time of each side, and each side's best round is reported.
 
     python benchmarks/throughput.py [--rows 500000] [--steps 30] [--rounds 2]
+
+With ``--methods full hash qr graph_hash [--budget 0.25]`` it instead times each compression
+method's training step against ``full`` (same models and batch): the remap and decode around
+the lookup must not dominate.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from reccomp.compress import FitData
 from reccomp.data.datamodule import RecDataModule
 from reccomp.data.loader import BatchIterator, SplitTensors
 from reccomp.models import DLRM, DCNv2, DeepFM
@@ -57,10 +62,26 @@ class StepTimer(pl.Callback):
 
 
 def time_reccomp(
-    dm: RecDataModule, factory: Callable, steps: int, warmup: int = 20, optimizer: str = "adagrad"
+    dm: RecDataModule,
+    factory: Callable,
+    steps: int,
+    warmup: int = 20,
+    optimizer: str = "adagrad",
+    method: str = "full",
+    budget: float | None = None,
 ) -> list[float]:
-    spec = EmbeddingSpec(dim=DIM, optimizer=optimizer, lr=0.05, init_std=0.05)
+    options = {}
+    if method in ("graph_hash", "double_graph_hash"):
+        # synthetic-criteo has no user/item fields: cluster the two largest fields' graph
+        big = sorted(dm.schema.sparse, key=lambda f: -f.cardinality)[:2]
+        options = {"fields": [f.name for f in big]}
+    spec = EmbeddingSpec(
+        dim=DIM, optimizer=optimizer, lr=0.05, init_std=0.05, method=method,
+        budget=budget if method != "full" else None, options=options,
+    )  # fmt: skip
     task = CTRTask(factory, embeddings=spec, schema=dm.schema_dict)
+    if task.embeddings.needs_fit:
+        task.embeddings.fit(FitData.from_schema(dm.schema))
     timer = StepTimer(warmup)
     trainer = pl.Trainer(
         max_steps=warmup + steps + 1,
@@ -201,6 +222,32 @@ def dlrm_dense_flops(num_dense: int, num_fields: int) -> float:
     return 3.0 * fwd
 
 
+def compare_methods(dm: RecDataModule, args: argparse.Namespace) -> None:
+    """Step time of each method against ``full``, same batch, alternating in rounds."""
+    methods = ["full", *[m for m in args.methods if m != "full"]]
+    models = {
+        "fm": lambda e, d: DeepFM(e, d, deep_mlp=()),
+        "mlp": lambda e, d: DCNv2(e, d, num_cross_layers=0, deep_mlp=(16,)),
+    }
+    res: dict[tuple[str, str], list[float]] = {}
+    for r in range(args.rounds):
+        for name, factory in models.items():
+            for m in methods:
+                t = statistics.median(
+                    time_reccomp(dm, factory, args.steps, optimizer=args.sparse_optimizer,
+                                 method=m, budget=args.budget)
+                )  # fmt: skip
+                res.setdefault((name, m), []).append(t)
+                print(f"round {r + 1} {name} {m}: {t * 1e3:.1f} ms")
+    print(f"\nbudget {args.budget}: step time (best round) and ratio to full")
+    print(f"{'model':<6}{'method':<18}{'ms/step':>10}{'x full':>9}")
+    for name in models:
+        base = min(res[(name, "full")])
+        for m in methods:
+            t = min(res[(name, m)])
+            print(f"{name:<6}{m:<18}{t * 1e3:>10.1f}{t / base:>8.2f}x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,6 +261,14 @@ def main() -> None:
         default="adagrad",
         help="reccomp's fused optimizer (the reference always uses torch.optim.Adagrad)",
     )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="instead of the reference comparison: time these compression methods against "
+        "full (fm and mlp models, reccomp only), e.g. --methods full hash qr graph_hash",
+    )
+    p.add_argument("--budget", type=float, default=0.25, help="budget of --methods")
     args = p.parse_args()
     # both sides run in this process, so both get the allocator setting the CLI uses
     print(f"tune_malloc: {tune_malloc() if not args.default_malloc else 'off'}")
@@ -244,6 +299,9 @@ def main() -> None:
             f"\ndata loader: {loader_rate / 1e6:.2f} M samples/s (one shuffled epoch, KJT batches)"
         )
 
+        if args.methods:
+            compare_methods(dm, args)
+            return
         models = {
             "fm": (lambda e, d: DeepFM(e, d, deep_mlp=()), RefFM),
             "mlp": (lambda e, d: DCNv2(e, d, num_cross_layers=0, deep_mlp=(16,)), RefMLP),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from reccomp.cli import main, run_cli
 from tests.conftest import CONFIGS, shared_dataset
@@ -47,6 +49,10 @@ def write_tiny_criteo(path: Path, n: int = 600) -> Path:
     return path
 
 
+def _method(config: str) -> str:
+    return yaml.safe_load((CONFIGS / config).read_text())["model"]["init_args"]["embeddings"]["method"]
+
+
 def data_overrides(config: str, tmp_path: Path) -> list[str]:
     if config.startswith("synthetic-movielens"):
         return ["--data.synthetic", TINY_ML]
@@ -55,7 +61,9 @@ def data_overrides(config: str, tmp_path: Path) -> list[str]:
     if config.startswith("ml-100k"):
         return ["--data.root", str(shared_dataset("ml-100k"))]
     if config.startswith("ml-1m"):
-        return ["--data.root", str(write_tiny_ml1m(tmp_path / "ml-1m"))]
+        # 30 users, 40 items: compress from 25 rows so the method runs (small tables stay full)
+        small = ["--model.embeddings.min_rows", "25", "--model.embeddings.budget", "0.8"] if "full" not in _method(config) else []
+        return ["--data.root", str(write_tiny_ml1m(tmp_path / "ml-1m")), *small]
     if config.startswith("criteo"):
         return [
             "--data.root",
@@ -228,3 +236,30 @@ def test_data_download_command(
         main(["data", "download", "ml-100k", "--root", str(tmp_path / "other"), "--url", base])
     assert e.value.code == 1
     assert "127.0.0.1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--model.embeddings.method", "nope"], "unknown compression method 'nope'"),
+        (["--model.embeddings.method", "qr", "--model.embeddings.options", "{num_buckets: 9}"],
+         "'qr' has no option 'num_buckets'"),
+        (["--model.embeddings.method", "graph_hash", "--model.embeddings.budget", "0.0001"],
+         "'graph_hash' cannot reach budget 0.0001 .*: the smallest reachable budget is 0.0"),
+    ],
+)  # fmt: skip
+def test_compression_errors_before_training(
+    override: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = str(CONFIGS / "ml-1m-mf-retrieval.yaml")
+    root = str(write_tiny_ml1m(tmp_path / "ml-1m"))
+    args = ["fit", "--config", cfg, "--data.root", root, "--model.embeddings.min_rows", "0"]
+    with pytest.raises(SystemExit):
+        run_cli(args + override)
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()

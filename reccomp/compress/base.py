@@ -143,7 +143,7 @@ class TableMethod(nn.Module):
         self.rows = list(rows)
 
     # -- data ----------------------------------------------------------------------------------
-    def fit(self, data: Any) -> None:  # noqa: B027  (optional hook)
+    def fit(self, data: Any) -> None:
         """Build data-dependent state (see :class:`reccomp.compress.data.FitData`)."""
 
     @classmethod

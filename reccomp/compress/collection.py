@@ -118,7 +118,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
         self._lookups = [sum(t.lookups for t in m.tables()) for m in self.tables]
         # every field one identity lookup (full, hash, ...): storage output is the output
         self._passthrough = all(
-            n == 1 and w == self.dim for n, w in zip(self._lookups, self._storage_widths)
+            n == 1 and w == self.dim for n, w in zip(self._lookups, self._storage_widths, strict=False)
         ) and len(self._storage_widths) == len(self._keys)
 
     # -- the EmbeddingBagCollection interface ----------------------------------------------------
@@ -175,7 +175,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
     def describe(self) -> list[dict[str, Any]]:
         """Per field: method, resolved options, rows, bytes, ratio, fit statistics."""
         out = []
-        for p, m in zip(self.plans, self.tables):
+        for p, m in zip(self.plans, self.tables, strict=False):
             full = p.num_embeddings * self.dim * BYTES_PER_VALUE
             out.append(
                 {
@@ -217,7 +217,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         rows = state["rows"]
         if rows != [list(m.rows) for m in self.tables]:
-            for m, r in zip(self.tables, rows):
+            for m, r in zip(self.tables, rows, strict=False):
                 m.resize(r)
             self._build_storage()
         self.fitted = bool(state["fitted"])
@@ -287,33 +287,46 @@ def plan_tables(schema: Schema, spec: Any) -> list[TablePlan]:
         elif f.cardinality < spec.min_rows:
             name, options = "full", {}
         cfg = make_config(name, options)
-        if getattr(type(cfg), "graph_fields", False) and f.name not in (
-            schema.user_field,
-            schema.item_field,
-        ):
-            if override is not None:
-                raise ValueError(f"{name} applies only to the user and item fields, not {f.name!r}")
-            cfg = make_config(cfg.fallback, cfg.fallback_options)
-        if getattr(type(cfg), "graph_fields", False) and not (schema.user_field and schema.item_field):
-            raise ValueError(f"{name} needs user and item fields; data set {schema.name!r} has none")
+        if getattr(type(cfg), "graph_fields", False):
+            pair = cfg.fields or [schema.user_field, schema.item_field]
+            if None in pair:
+                raise ValueError(
+                    f"{name} needs a user-item graph: data set {schema.name!r} names no user and "
+                    "item fields (set options.fields to two of its fields)"
+                )
+            if f.name not in pair:
+                if override is not None:
+                    raise ValueError(
+                        f"{name} applies only to the graph fields {pair}, not {f.name!r}"
+                    )
+                cfg = make_config(cfg.fallback, cfg.fallback_options)
         plans.append(TablePlan(f.name, f.cardinality, cfg, multi_valued=f.max_len > 1))
 
     dim = spec.dim
     full_total = sum(p.num_embeddings * dim * BYTES_PER_VALUE for p in plans)
     fixed = [p for p in plans if p.config.name == "full" or p.config.sized_explicitly()]
     flex = [p for p in plans if p not in fixed]
-    fixed_bytes = sum(type(p.config).module.table_bytes(p.num_embeddings, dim, p.config) for p in fixed)
+    fixed_bytes = sum(
+        type(p.config).module.table_bytes(p.num_embeddings, dim, p.config) for p in fixed
+    )
     mins = [type(p.config).module.min_bytes(p.num_embeddings, dim, p.config) for p in flex]
     if spec.budget is None:
         shares = [p.num_embeddings * dim * BYTES_PER_VALUE // 4 for p in flex]
-        shares = [max(s, m) for s, m in zip(shares, mins)]
+        shares = [max(s, m) for s, m in zip(shares, mins, strict=False)]
     else:
         target = int(spec.budget * full_total) if spec.budget <= 1 else int(spec.budget)
         smallest = (fixed_bytes + sum(mins)) / full_total
-        split = _split_budget(
-            [(p.num_embeddings * dim * BYTES_PER_VALUE, m, i) for i, (p, m) in enumerate(zip(flex, mins))],
-            target - fixed_bytes,
-        ) if target >= fixed_bytes else None
+        split = (
+            _split_budget(
+                [
+                    (p.num_embeddings * dim * BYTES_PER_VALUE, m, i)
+                    for i, (p, m) in enumerate(zip(flex, mins, strict=False))
+                ],
+                target - fixed_bytes,
+            )
+            if target >= fixed_bytes
+            else None
+        )
         if split is None:
             methods = sorted({p.config.name for p in plans})
             raise BudgetError(
@@ -323,7 +336,7 @@ def plan_tables(schema: Schema, spec: Any) -> list[TablePlan]:
                 f"full tables: {[p.field for p in fixed if p.config.name == 'full']})"
             )
         shares = split
-    for p, share in zip(flex, shares):
+    for p, share in zip(flex, shares, strict=False):
         cls = type(p.config).module
         try:
             p.config = cls.fit_budget(p.num_embeddings, dim, p.config, share)
@@ -345,7 +358,9 @@ def build_collection(
     def factory(configs: list[EmbeddingBagConfig], means: list[float]) -> nn.Module:
         return fused_collection(configs, spec, device, init_means=means)
 
-    coll = CompressedEmbeddingBagCollection(plan_tables(schema, spec), spec.dim, factory, spec.pooling)
+    coll = CompressedEmbeddingBagCollection(
+        plan_tables(schema, spec), spec.dim, factory, spec.pooling
+    )
     if data is not None and coll.needs_fit:
         coll.fit(data)
     return coll

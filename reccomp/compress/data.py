@@ -29,13 +29,23 @@ class FitData:
     item_field: str | None = None
     users: np.ndarray | None = None
     items: np.ndarray | None = None
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     def counts(self, name: str) -> np.ndarray:
         if name not in self.counts_by_field:
             raise KeyError(f"no training counts for field {name!r}")
         return self.counts_by_field[name]
 
-    def interactions(self) -> tuple[np.ndarray, np.ndarray]:
+    def interactions(self, fields: tuple[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(E,) rows of the two fields in each training row: the user-item graph's edges.
+
+        ``fields`` names another pair of single-valued fields (e.g. two Criteo columns).
+        """
+        if fields is not None and tuple(fields) != (self.user_field, self.item_field):
+            missing = [f for f in fields if f not in self.columns]
+            if missing:
+                raise ValueError(f"no training column for field(s) {missing}")
+            return np.asarray(self.columns[fields[0]]), np.asarray(self.columns[fields[1]])
         if self.users is None or self.items is None:
             raise ValueError(
                 "this data has no user-item interaction graph (the schema names no user and "
@@ -49,10 +59,11 @@ class FitData:
         if schema.root is None:
             raise ValueError("FitData.from_schema needs a schema loaded from its prepared dir")
         counts = {f.name: schema.counts(f.name) for f in schema.sparse}
+        sparse = np.load(schema.root / "train" / "sparse.npy", mmap_mode="r")  # (N, F1)
+        single = [f.name for f in schema.sparse if f.max_len == 1]
+        columns = {name: sparse[:, i] for i, name in enumerate(single)}  # lazy mmap views
         users = items = None
-        if schema.user_field and schema.item_field:
-            sparse = np.load(schema.root / "train" / "sparse.npy", mmap_mode="r")
-            single = [f.name for f in schema.sparse if f.max_len == 1]
-            users = np.asarray(sparse[:, single.index(schema.user_field)])
-            items = np.asarray(sparse[:, single.index(schema.item_field)])
-        return cls(counts, schema.user_field, schema.item_field, users, items)
+        if schema.user_field in columns and schema.item_field in columns:
+            users = np.asarray(columns[schema.user_field])
+            items = np.asarray(columns[schema.item_field])
+        return cls(counts, schema.user_field, schema.item_field, users, items, columns)

@@ -88,10 +88,12 @@ class DoubleHashTable(TableMethod):
 
     @classmethod
     def min_bytes(cls, num_embeddings: int, dim: int, config: MethodConfig) -> int:
-        return cls.table_bytes(num_embeddings, dim, type(config)(**{**config.to_dict(), "num_buckets": 2}))
+        return cls.table_bytes(
+            num_embeddings, dim, type(config)(**{**config.to_dict(), "num_buckets": 2})
+        )
 
     @classmethod
-    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):  # noqa: ANN001, ANN206
+    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):
         m = (budget_bytes - 32) // (_width(dim, config) * BYTES_PER_VALUE)
         if m < 2:
             raise BudgetError("double_hash needs at least two rows")

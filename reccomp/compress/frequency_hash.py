@@ -86,7 +86,7 @@ class FrequencyHashTable(TableMethod):
         return dim * BYTES_PER_VALUE + 16
 
     @classmethod
-    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):  # noqa: ANN001, ANN206
+    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):
         row, idb, share = dim * BYTES_PER_VALUE, _id_bytes(num_embeddings), config.frequent_share
         total = int((budget_bytes - 16) // (row + share * idb))  # rows K + H
         if total < 1:

@@ -32,7 +32,7 @@ class FullTable(TableMethod):
         return cls.table_bytes(num_embeddings, dim, config)
 
     @classmethod
-    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):  # noqa: ANN001, ANN206
+    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):
         if budget_bytes < cls.table_bytes(num_embeddings, dim, config):
             raise BudgetError("full cannot compress a table")
         return config

@@ -43,6 +43,8 @@ class GraphHashConfig(MethodConfig):
     Args:
         num_clusters: rows of this field's table; ``None`` = from the budget. The search
             aims at the user and item tables' rows together.
+        fields: the two single-valued fields whose co-occurrence in training rows is the
+            graph; ``None`` = the data set's user and item fields.
         fallback: method of the fields that are neither the user nor the item field.
         fallback_options: that method's options.
         seed: Leiden's seed.
@@ -50,6 +52,7 @@ class GraphHashConfig(MethodConfig):
     """
 
     num_clusters: int | None = None
+    fields: list[str] | None = None
     fallback: str = "hash"
     fallback_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -64,6 +67,8 @@ class GraphHashConfig(MethodConfig):
             raise ValueError(f"{self.name}: num_clusters must be >= 1")
         if not 0 < self.tolerance < 1:
             raise ValueError(f"{self.name}: tolerance must be in (0, 1)")
+        if self.fields is not None and (len(self.fields) != 2 or self.fields[0] == self.fields[1]):
+            raise ValueError(f"{self.name}: fields must name two different fields")
         if self.fallback in ("graph_hash", "double_graph_hash"):
             raise ValueError(f"{self.name}: fallback must be a method that needs no graph")
 
@@ -118,7 +123,10 @@ class GraphHashTable(TableMethod):
 
     def tables(self) -> list[TableSpec]:
         if self.double:
-            return [TableSpec(":g", self.clusters, self.dim), TableSpec(":h", self.buckets, self.dim)]
+            return [
+                TableSpec(":g", self.clusters, self.dim),
+                TableSpec(":h", self.buckets, self.dim),
+            ]
         return [TableSpec("", self.clusters, self.dim)]
 
     @classmethod
@@ -132,7 +140,7 @@ class GraphHashTable(TableMethod):
         return rows * dim * BYTES_PER_VALUE + _map_bytes(num_embeddings, 1) + 32
 
     @classmethod
-    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):  # noqa: ANN001, ANN206
+    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):
         row = dim * BYTES_PER_VALUE
         # the map is int16 while the rows fit in it, else int32
         rows = (budget_bytes - 32 - _map_bytes(num_embeddings, 1)) // row
@@ -153,14 +161,14 @@ class GraphHashTable(TableMethod):
         from reccomp.compress.graph import cluster_bipartite
 
         by_field = {m.field: m for m in modules}
-        user, item = by_field.get(data.user_field), by_field.get(data.item_field)
+        cfg = modules[0].config
+        pair = tuple(cfg.fields) if cfg.fields else (data.user_field, data.item_field)
+        user, item = by_field.get(pair[0]), by_field.get(pair[1])
         if user is None or item is None or len(by_field) != 2:
             raise ValueError(
-                f"graph_hash clusters the user and item fields together; got {sorted(by_field)}"
-                f" (user field {data.user_field!r}, item field {data.item_field!r})"
+                f"{cfg.name} clusters two fields together, {pair}; its tables are {sorted(by_field)}"
             )
-        users, items = data.interactions()
-        cfg = user.config
+        users, items = data.interactions(pair)
         c = cluster_bipartite(
             users,
             items,
@@ -170,7 +178,10 @@ class GraphHashTable(TableMethod):
             seed=cfg.seed,
             tolerance=cfg.tolerance,
         )
-        for m, assign, k in ((user, c.user_cluster, c.num_user_clusters), (item, c.item_cluster, c.num_item_clusters)):
+        for m, assign, k in (
+            (user, c.user_cluster, c.num_user_clusters),
+            (item, c.item_cluster, c.num_item_clusters),
+        ):
             m.set_clusters(assign, max(k, 1))
             m.stats = {
                 "clusters": float(k),

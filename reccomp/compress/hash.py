@@ -61,7 +61,7 @@ class HashTable(TableMethod):
         return dim * BYTES_PER_VALUE + HASH_PARAM_BYTES
 
     @classmethod
-    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):  # noqa: ANN001, ANN206
+    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):
         m = (budget_bytes - HASH_PARAM_BYTES) // (dim * BYTES_PER_VALUE)
         if m < 1:
             raise BudgetError("hash needs at least one row")

@@ -84,7 +84,10 @@ class QRTable(TableMethod):
 
     def tables(self) -> list[TableSpec]:
         mean = 1.0 if self.mode == 0 else 0.0
-        return [TableSpec(":q", self.rows[0], self.width), TableSpec(":r", self.rows[1], self.width, mean)]
+        return [
+            TableSpec(":q", self.rows[0], self.width),
+            TableSpec(":r", self.rows[1], self.width, mean),
+        ]
 
     @classmethod
     def table_bytes(cls, num_embeddings: int, dim: int, config: MethodConfig) -> int:
@@ -97,7 +100,7 @@ class QRTable(TableMethod):
         return best * _width(dim, config) * BYTES_PER_VALUE
 
     @classmethod
-    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):  # noqa: ANN001, ANN206
+    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):
         row = _width(dim, config) * BYTES_PER_VALUE
         n = num_embeddings
         # rows(c) falls as c grows up to sqrt(n): the smallest c that fits keeps most rows

@@ -51,7 +51,7 @@ class MethodConfig:
         return dataclasses.asdict(self)
 
 
-def register(name: str):  # noqa: ANN201  (decorator)
+def register(name: str):
     """Class decorator: register a :class:`MethodConfig` subclass under ``name``."""
 
     def deco(cls: type[MethodConfig]) -> type[MethodConfig]:

@@ -84,7 +84,9 @@ class EmbeddingSpec:
             make_config(self.method, self.options)
             for name, o in self.tables.items():
                 if set(o) - {"method", "options"}:
-                    raise ValueError(f"tables.{name}: keys are 'method' and 'options', got {sorted(o)}")
+                    raise ValueError(
+                        f"tables.{name}: keys are 'method' and 'options', got {sorted(o)}"
+                    )
                 make_config(o.get("method", self.method), o.get("options", {}))
         except ValueError as e:
             raise ValueError(f"embeddings: {e}") from None

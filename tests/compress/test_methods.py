@@ -1,0 +1,121 @@
+"""Method-specific behaviour, budgets and errors (the shared contract is test_contract.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reccomp.compress import BudgetError, FitData, make_config
+from reccomp.compress.graph import cluster_bipartite
+from reccomp.data.schema import Schema, SparseField
+from reccomp.modules.embedding import EmbeddingSpec, build_embeddings
+from tests.compress.test_contract import SCHEMA, batch, build, fit_data
+
+
+def test_unknown_method_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown compression method 'nope'.*known: \\["):
+        EmbeddingSpec(method="nope")
+
+
+def test_option_of_another_method_is_named() -> None:
+    with pytest.raises(ValueError, match="'qr' has no option 'num_buckets'.*'hash'"):
+        EmbeddingSpec(method="qr", options={"num_buckets": 10})
+
+
+def test_unreachable_budget_names_method_and_smallest_budget() -> None:
+    with pytest.raises(BudgetError, match="'qr' cannot reach budget 0.001.*smallest reachable"):
+        build("qr", {}, budget=0.001)
+    with pytest.raises(BudgetError, match="'full' cannot reach budget 0.5.*smallest reachable budget is 1"):
+        build_embeddings(SCHEMA, EmbeddingSpec(method="full", budget=0.5, dim=8, min_rows=100))
+
+
+def test_budget_and_explicit_size_mix() -> None:
+    """Explicitly sized tables are fixed; the budget is shared by the others."""
+    spec = EmbeddingSpec(
+        method="hash", budget=0.25, dim=8, min_rows=100,
+        tables={"item": {"method": "qr", "options": {"num_collisions": 10}}},
+    )  # fmt: skip
+    coll = build_embeddings(SCHEMA, spec)
+    assert coll.memory_bytes() <= 0.25 * coll.full_bytes()
+    by = {p.field: p.config for p in coll.plans}
+    assert by["item"].name == "qr" and by["item"].num_collisions == 10
+    assert by["small"].name == "full"  # under min_rows
+
+
+def test_qr_rows_are_unique_per_id() -> None:
+    coll = build("qr", {})
+    m = coll.tables[0]
+    q, r = m.remap(torch.arange(3000))
+    pairs = set(zip(q.tolist(), r.tolist(), strict=True))
+    assert len(pairs) == 3000  # no two ids share both rows
+
+
+def test_qr_mult_refuses_multi_valued_fields() -> None:
+    schema = Schema("t", "ctr", [SparseField("bag", 5000, max_len=4)])
+    with pytest.raises(ValueError, match="multi-valued field 'bag'"):
+        build_embeddings(schema, EmbeddingSpec(method="qr", budget=0.25, dim=8))
+    build_embeddings(schema, EmbeddingSpec(method="qr", budget=0.25, dim=8, options={"combiner": "add"}))
+
+
+def test_frequency_hash_keeps_the_most_frequent_ids_apart() -> None:
+    coll = build("frequency_hash", {})
+    m = coll.tables[0]
+    counts = fit_data().counts("user")
+    top = np.argsort(-counts, kind="stable")[: m.k]
+    rows = m.remap(torch.from_numpy(top))[0]
+    assert len(set(rows.tolist())) == m.k and int(rows.max()) < m.k  # own rows
+    rare = np.argsort(counts, kind="stable")[:50]
+    assert (m.remap(torch.from_numpy(rare))[0] >= m.k).all()  # hashed rows
+
+
+def test_clustering_hits_target_and_recovers_communities() -> None:
+    d = fit_data()
+    users, items = d.interactions()
+    c = cluster_bipartite(users, items, 3000, 2000, target=200)
+    assert c.total <= 200 and c.total >= 0.8 * 200
+    # users of one community (id % 10) mostly share clusters with that community's items
+    u = c.user_cluster[users]
+    i = c.item_cluster[items]
+    assert (u >= 0).all() and (i >= 0).all()
+
+
+def test_graph_hash_maps_absent_ids_to_hash_rows_and_other_fields_to_fallback() -> None:
+    coll = build("graph_hash", {"fallback": "qr"})
+    by = {p.field: p.config.name for p in coll.plans}
+    assert by == {"user": "graph_hash", "item": "graph_hash", "side": "qr", "small": "full", "bag": "full"}
+    user = coll.tables[0]
+    assert user.stats["absent_ids"] > 0  # ids 0, 1 (and never-seen users) are not in the graph
+    assert user.rows[0] == int(user.stats["clusters"])
+    rows = user.remap(torch.tensor([0, 1, 10**9, -7]))[0]
+    assert (rows >= 0).all() and (rows < user.rows[0]).all()
+
+
+def test_graph_hash_needs_a_graph() -> None:
+    schema = Schema("c", "ctr", [SparseField("c1", 5000), SparseField("c2", 4000)])
+    with pytest.raises(ValueError, match="names no user and item fields"):
+        build_embeddings(schema, EmbeddingSpec(method="graph_hash", budget=0.25, dim=8))
+    # another pair of fields can be named
+    spec = EmbeddingSpec(method="graph_hash", budget=0.25, dim=8, options={"fields": ["c1", "c2"]})
+    rng = np.random.default_rng(0)
+    cols = {"c1": rng.integers(0, 5000, 9000), "c2": rng.integers(0, 4000, 9000)}
+    data = FitData({k: np.ones(n) for k, n in (("c1", 5000), ("c2", 4000))}, columns=cols)
+    coll = build_embeddings(schema, spec, data=data)
+    assert coll.memory_bytes() <= 0.25 * coll.full_bytes()
+
+
+def test_task_fits_from_the_data_module_before_training() -> None:
+    """Through the CLI path the collection is fitted in setup (covered in test_cli); here:
+    an unfitted data-dependent collection says so."""
+    coll = build_embeddings(
+        SCHEMA, EmbeddingSpec(method="graph_hash", budget=0.25, dim=8, min_rows=100)
+    )
+    assert coll.needs_fit and not coll.fitted
+    coll.fit(fit_data())
+    assert coll.fitted
+    assert torch.isfinite(coll(batch()).values()).all()
+
+
+def test_make_config_round_trip() -> None:
+    cfg = make_config("double_graph_hash", {"hash_share": 0.3, "fields": ["a", "b"]})
+    assert make_config("double_graph_hash", cfg.to_dict()) == cfg
