@@ -27,6 +27,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", required=True)
     p.add_argument("--metrics", nargs="+", default=None, help="test metrics to print")
     p.add_argument("--out", default="results/compare", help="where the runs go")
+    p.add_argument("--reuse", action="store_true", help="reuse finished runs under --out")
     p.add_argument("extra", nargs="*", help="more CLI overrides, after --")
     a = p.parse_args()
     rows = []
@@ -40,6 +41,11 @@ def main() -> None:
             "--trainer.logger.init_args.name", f"{Path(a.config).stem}-{m}-{budget}",
             "--trainer.enable_progress_bar", "false", *a.extra,
         ]  # fmt: skip
+        done = sorted(Path(a.out, f"{Path(a.config).stem}-{m}-{budget}").glob("*/metrics.json"))
+        if a.reuse and done:
+            r = json.loads(done[-1].read_text())
+            rows.append((m, r, float(r.get("train_seconds", float("nan")))))
+            continue
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         secs = time.perf_counter() - t0
@@ -48,7 +54,10 @@ def main() -> None:
             rows.append((m, None, secs))
             continue
         run_dir = Path(proc.stdout.strip().splitlines()[-1])
-        rows.append((m, json.loads((run_dir / "metrics.json").read_text()), secs))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics["train_seconds"] = round(secs, 1)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        rows.append((m, metrics, secs))
         print(f"{m}: {run_dir} ({secs:.0f} s)", file=sys.stderr)
     keys = a.metrics or sorted(
         k for k in (rows[0][1] or {}) if k.startswith("test/") and "loss" not in k
@@ -63,12 +72,11 @@ def main() -> None:
         cl = [t.get("cluster_seconds") for t in r.get("embeddings/tables", [])]
         cl = [c for c in cl if c is not None]
         vals = [f"{r[k]:.4f}" if r.get(k) is not None else "-" for k in keys]
+        cluster = f"{cl[0]:.1f}" if cl else "-"
         print(
             f"| {m} | {int(r['embeddings/bytes'])} | {r['embeddings/ratio']:.3f} | "
             + " | ".join(vals)
-            + f" | {cl[0]:.1f} |" * bool(cl)
-            + " - |" * (not cl)
-            + f" {secs:.0f} |"
+            + f" | {cluster} | {secs:.0f} |"
         )
 
 

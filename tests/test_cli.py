@@ -50,7 +50,9 @@ def write_tiny_criteo(path: Path, n: int = 600) -> Path:
 
 
 def _method(config: str) -> str:
-    return yaml.safe_load((CONFIGS / config).read_text())["model"]["init_args"]["embeddings"]["method"]
+    return yaml.safe_load((CONFIGS / config).read_text())["model"]["init_args"]["embeddings"][
+        "method"
+    ]
 
 
 def data_overrides(config: str, tmp_path: Path) -> list[str]:
@@ -62,7 +64,11 @@ def data_overrides(config: str, tmp_path: Path) -> list[str]:
         return ["--data.root", str(shared_dataset("ml-100k"))]
     if config.startswith("ml-1m"):
         # 30 users, 40 items: compress from 25 rows so the method runs (small tables stay full)
-        small = ["--model.embeddings.min_rows", "25", "--model.embeddings.budget", "0.8"] if "full" not in _method(config) else []
+        small = (
+            ["--model.embeddings.min_rows", "25", "--model.embeddings.budget", "0.8"]
+            if "full" not in _method(config)
+            else []
+        )
         return ["--data.root", str(write_tiny_ml1m(tmp_path / "ml-1m")), *small]
     if config.startswith("criteo"):
         return [

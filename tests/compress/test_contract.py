@@ -125,7 +125,9 @@ def test_gradients_reach_parameters(case: tuple[str, dict]) -> None:
     # training module: FBGEMM applies the update inside backward
     before = [p.detach().clone() for p in coll.parameters()]
     coll(kjt).values().pow(2).sum().backward()
-    changed = [not torch.equal(b, p.detach()) for b, p in zip(before, coll.parameters(), strict=False)]
+    changed = [
+        not torch.equal(b, p.detach()) for b, p in zip(before, coll.parameters(), strict=False)
+    ]
     assert all(changed), f"tables not updated: {changed}"
     # serving copy: ordinary autograd gradients on every table
     serve = coll.to_serving().train()

@@ -14,19 +14,21 @@ from tests.compress.test_contract import SCHEMA, batch, build, fit_data
 
 
 def test_unknown_method_is_named() -> None:
-    with pytest.raises(ValueError, match="unknown compression method 'nope'.*known: \\["):
+    with pytest.raises(ValueError, match=r"unknown compression method 'nope'.*known: \["):
         EmbeddingSpec(method="nope")
 
 
 def test_option_of_another_method_is_named() -> None:
-    with pytest.raises(ValueError, match="'qr' has no option 'num_buckets'.*'hash'"):
+    with pytest.raises(ValueError, match=r"'qr' has no option 'num_buckets'.*'hash'"):
         EmbeddingSpec(method="qr", options={"num_buckets": 10})
 
 
 def test_unreachable_budget_names_method_and_smallest_budget() -> None:
-    with pytest.raises(BudgetError, match="'qr' cannot reach budget 0.001.*smallest reachable"):
+    with pytest.raises(BudgetError, match=r"'qr' cannot reach budget 0.001.*smallest reachable"):
         build("qr", {}, budget=0.001)
-    with pytest.raises(BudgetError, match="'full' cannot reach budget 0.5.*smallest reachable budget is 1"):
+    with pytest.raises(
+        BudgetError, match=r"'full' cannot reach budget 0.5.*smallest reachable budget is 1"
+    ):
         build_embeddings(SCHEMA, EmbeddingSpec(method="full", budget=0.5, dim=8, min_rows=100))
 
 
@@ -55,7 +57,9 @@ def test_qr_mult_refuses_multi_valued_fields() -> None:
     schema = Schema("t", "ctr", [SparseField("bag", 5000, max_len=4)])
     with pytest.raises(ValueError, match="multi-valued field 'bag'"):
         build_embeddings(schema, EmbeddingSpec(method="qr", budget=0.25, dim=8))
-    build_embeddings(schema, EmbeddingSpec(method="qr", budget=0.25, dim=8, options={"combiner": "add"}))
+    build_embeddings(
+        schema, EmbeddingSpec(method="qr", budget=0.25, dim=8, options={"combiner": "add"})
+    )
 
 
 def test_frequency_hash_keeps_the_most_frequent_ids_apart() -> None:
@@ -83,7 +87,13 @@ def test_clustering_hits_target_and_recovers_communities() -> None:
 def test_graph_hash_maps_absent_ids_to_hash_rows_and_other_fields_to_fallback() -> None:
     coll = build("graph_hash", {"fallback": "qr"})
     by = {p.field: p.config.name for p in coll.plans}
-    assert by == {"user": "graph_hash", "item": "graph_hash", "side": "qr", "small": "full", "bag": "full"}
+    assert by == {
+        "user": "graph_hash",
+        "item": "graph_hash",
+        "side": "qr",
+        "small": "full",
+        "bag": "full",
+    }
     user = coll.tables[0]
     assert user.stats["absent_ids"] > 0  # ids 0, 1 (and never-seen users) are not in the graph
     assert user.rows[0] == int(user.stats["clusters"])
