@@ -264,11 +264,18 @@ def _split_budget(flex: list[tuple[int, int, int]], budget: int) -> list[int] | 
     return alloc if sum(alloc) <= budget else None
 
 
+def _graph_field(spec: Any, schema: Schema, name: str) -> bool:
+    cfg = make_config(spec.method, spec.options)
+    if not getattr(type(cfg), "graph_fields", False):
+        return False
+    return name in (cfg.fields or [schema.user_field, schema.item_field])
+
+
 def plan_tables(schema: Schema, spec: Any) -> list[TablePlan]:
     """Each field's method and resolved sizes for ``spec`` (an ``EmbeddingSpec``).
 
     Rules, in order: a per-table override in ``spec.tables``; ``full`` for tables under
-    ``spec.min_rows`` rows; for graph methods, fields other than the user and item field
+    ``spec.min_rows`` rows (except a graph method's two fields); for graph methods, fields other than the user and item field
     take the method's ``fallback``; else ``spec.method``. The budget (a fraction of the full
     collection's bytes if <= 1, else bytes; ``None``: each method's size options, or 1/4 of
     each table) is shared among the tables without fixed sizes, in proportion to their full
@@ -284,8 +291,8 @@ def plan_tables(schema: Schema, spec: Any) -> list[TablePlan]:
         override = spec.tables.get(f.name)
         if override is not None:
             name, options = override.get("method", name), override.get("options", {})
-        elif f.cardinality < spec.min_rows:
-            name, options = "full", {}
+        elif f.cardinality < spec.min_rows and not _graph_field(spec, schema, f.name):
+            name, options = "full", {}  # (a graph's two fields stay together)
         cfg = make_config(name, options)
         if getattr(type(cfg), "graph_fields", False):
             pair = cfg.fields or [schema.user_field, schema.item_field]

@@ -129,3 +129,13 @@ def test_task_fits_from_the_data_module_before_training() -> None:
 def test_make_config_round_trip() -> None:
     cfg = make_config("double_graph_hash", {"hash_share": 0.3, "fields": ["a", "b"]})
     assert make_config("double_graph_hash", cfg.to_dict()) == cfg
+
+
+def test_graph_fields_stay_together_under_min_rows() -> None:
+    schema = Schema(
+        "t", "ctr", [SparseField("u", 500), SparseField("i", 400), SparseField("s", 600)],
+        user_field="u", item_field="i",
+    )  # fmt: skip
+    spec = EmbeddingSpec(method="graph_hash", budget=0.5, dim=8, min_rows=1000)
+    coll = build_embeddings(schema, spec)
+    assert [p.config.name for p in coll.plans] == ["graph_hash", "graph_hash", "full"]
