@@ -17,6 +17,8 @@ class FitData:
         counts_by_field: field -> (cardinality,) training frequency of each row.
         user_field, item_field: the fields of the interaction graph (None: no graph).
         users, items: (E,) rows of each training interaction.
+        columns: field -> (N,) training rows of every single-valued field.
+        labels: (N,) training labels of a CTR data set (clicks), else None.
 
     Example::
 
@@ -30,17 +32,28 @@ class FitData:
     users: np.ndarray | None = None
     items: np.ndarray | None = None
     columns: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: np.ndarray | None = None
 
     def counts(self, name: str) -> np.ndarray:
         if name not in self.counts_by_field:
             raise KeyError(f"no training counts for field {name!r}")
         return self.counts_by_field[name]
 
-    def interactions(self, fields: tuple[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def interactions(
+        self, fields: tuple[str, str] | None = None, positive_only: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(E,) rows of the two fields in each training row: the user-item graph's edges.
 
-        ``fields`` names another pair of single-valued fields (e.g. two Criteo columns).
+        ``fields`` names another pair of single-valued fields (e.g. two Criteo columns);
+        ``positive_only`` keeps the clicked rows of CTR data (all rows otherwise).
         """
+        u, i = self._pair(fields)
+        if positive_only and self.labels is not None:
+            keep = np.asarray(self.labels) > 0.5
+            return u[keep], i[keep]
+        return u, i
+
+    def _pair(self, fields: tuple[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
         if fields is not None and tuple(fields) != (self.user_field, self.item_field):
             missing = [f for f in fields if f not in self.columns]
             if missing:
@@ -66,4 +79,7 @@ class FitData:
         if schema.user_field in columns and schema.item_field in columns:
             users = np.asarray(columns[schema.user_field])
             items = np.asarray(columns[schema.item_field])
-        return cls(counts, schema.user_field, schema.item_field, users, items, columns)
+        labels = None
+        if schema.task == "ctr":
+            labels = np.load(schema.root / "train" / "label.npy", mmap_mode="r")
+        return cls(counts, schema.user_field, schema.item_field, users, items, columns, labels)

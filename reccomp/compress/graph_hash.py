@@ -45,6 +45,8 @@ class GraphHashConfig(MethodConfig):
             aims at the user and item tables' rows together.
         fields: the two single-valued fields whose co-occurrence in training rows is the
             graph; ``None`` = the data set's user and item fields.
+        edges: the graph's edges on CTR data: ``positive`` (clicked rows only), ``all``
+            rows, or ``auto`` (= ``positive``); retrieval and rating data use every row.
         fallback: method of the fields that are neither the user nor the item field.
         fallback_options: that method's options.
         seed: Leiden's seed.
@@ -53,6 +55,7 @@ class GraphHashConfig(MethodConfig):
 
     num_clusters: int | None = None
     fields: list[str] | None = None
+    edges: str = "auto"
     fallback: str = "hash"
     fallback_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -69,6 +72,8 @@ class GraphHashConfig(MethodConfig):
             raise ValueError(f"{self.name}: tolerance must be in (0, 1)")
         if self.fields is not None and (len(self.fields) != 2 or self.fields[0] == self.fields[1]):
             raise ValueError(f"{self.name}: fields must name two different fields")
+        if self.edges not in ("auto", "positive", "all"):
+            raise ValueError(f"{self.name}: edges must be 'auto', 'positive' or 'all'")
         if self.fallback in ("graph_hash", "double_graph_hash"):
             raise ValueError(f"{self.name}: fallback must be a method that needs no graph")
 
@@ -168,7 +173,7 @@ class GraphHashTable(TableMethod):
             raise ValueError(
                 f"{cfg.name} clusters two fields together, {pair}; its tables are {sorted(by_field)}"
             )
-        users, items = data.interactions(pair)
+        users, items = data.interactions(pair, positive_only=cfg.edges != "all")
         c = cluster_bipartite(
             users,
             items,
@@ -188,6 +193,7 @@ class GraphHashTable(TableMethod):
                 "resolution": c.resolution,
                 "cluster_seconds": c.seconds,
                 "absent_ids": float((assign < 0).sum()),
+                "leiden_runs": float(len(c.trials)),
             }
 
     def set_clusters(self, assign: np.ndarray, k: int) -> None:
