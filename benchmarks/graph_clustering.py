@@ -34,7 +34,9 @@ def main() -> None:
         f"{schema.field(schema.item_field).cardinality} item rows, {len(users):,} training "
         f"interactions (loaded in {time.perf_counter() - t0:.2f} s)"
     )
-    print(f"{'budget':>7}{'target rows':>13}{'clusters u+i':>14}{'resolution':>12}{'runs':>6}{'seconds':>9}")
+    print(
+        f"{'budget':>7}{'target rows':>13}{'clusters u+i':>14}{'resolution':>12}{'runs':>6}{'seconds':>9}"
+    )
     for b in a.budgets:
         spec = EmbeddingSpec(method="graph_hash", budget=b, dim=a.dim)
         coll = build_collection(schema, spec)

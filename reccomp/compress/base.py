@@ -157,8 +157,17 @@ class TableMethod(nn.Module):
         """(N,) int64 ids -> (N,) int64 rows, one tensor per lookup of each storage table."""
         raise NotImplementedError
 
+    def decode_signature(self) -> tuple:
+        """Fields with equal signatures decode as one stacked block (same code, same shapes)."""
+        shapes = tuple((t.width, t.lookups) for t in self.tables())
+        return (type(self).__name__, shapes, getattr(self.config, "combiner", None))
+
     def decode(self, pooled: list[torch.Tensor]) -> torch.Tensor:
-        """Pooled rows, one (B, width) per lookup -> (B, dim). Default: their sum."""
+        """Pooled rows, one (..., width) per lookup -> (..., dim). Default: their sum.
+
+        Element-wise over the leading dims: called with (B, W) parts or, for a group of
+        fields, (B, n, W) parts.
+        """
         out = pooled[0]
         for p in pooled[1:]:
             out = out + p

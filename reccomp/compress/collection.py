@@ -116,9 +116,27 @@ class CompressedEmbeddingBagCollection(nn.Module):
         self._storage_keys = [f for c in configs for f in c.feature_names]
         self._storage_widths = [c.embedding_dim for c in configs for _ in c.feature_names]
         self._lookups = [sum(t.lookups for t in m.tables()) for m in self.tables]
+        # consecutive fields of one method and shape decode together, as (B, n, lookups, W)
+        # blocks: one decode op per group instead of one per field (26 fields: ~2x faster)
+        sig = [m.decode_signature() for m in self.tables]
+        self._group_size = [0] * len(self.tables)
+        self._group_cols = [0] * len(self.tables)
+        lead = 0
+        for i in range(len(self.tables)):
+            if i > 0 and sig[i] == sig[lead]:
+                self._group_size[lead] += 1
+            else:
+                lead = i
+                self._group_size[i] = 1
+        for i, m in enumerate(self.tables):
+            widths = {t.width for t in m.tables()}
+            if len(widths) != 1:
+                raise ValueError(f"{m.field}: a field's storage tables must share one width")
+            self._group_cols[i] = self._group_size[i] * self._lookups[i] * widths.pop()
         # every field one identity lookup (full, hash, ...): storage output is the output
         self._passthrough = all(
-            n == 1 and w == self.dim for n, w in zip(self._lookups, self._storage_widths, strict=False)
+            n == 1 and w == self.dim
+            for n, w in zip(self._lookups, self._storage_widths, strict=False)
         ) and len(self._storage_widths) == len(self._keys)
 
     # -- the EmbeddingBagCollection interface ----------------------------------------------------
@@ -152,13 +170,17 @@ class CompressedEmbeddingBagCollection(nn.Module):
         pooled = self.storage(kjt).values()  # (B, sum of storage widths)
         if self._passthrough:
             return KeyedTensor(keys=self._keys, length_per_key=self._dims, values=pooled)
-        parts = torch.split(pooled, self._storage_widths, dim=1)
+        b = pooled.shape[0]
         outs: list[torch.Tensor] = []
-        j = 0
+        col = 0
         for i, m in enumerate(self.tables):
-            k = self._lookups[i]
-            outs.append(m.decode(list(parts[j : j + k])))  # (B, dim)
-            j += k
+            n = self._group_size[i]  # > 0: field i leads a group of n fields
+            if n > 0:
+                k, w = self._lookups[i], self._group_cols[i]
+                block = pooled[:, col : col + w].reshape(b, n, k, w // (n * k))  # (B, n, k, W)
+                parts = [block[:, :, j] for j in range(k)]  # k x (B, n, W)
+                outs.append(m.decode(parts).reshape(b, n * self.dim))  # (B, n * dim)
+                col += w
         return KeyedTensor(keys=self._keys, length_per_key=self._dims, values=torch.cat(outs, 1))
 
     # -- memory --------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ class DoubleHashTable(TableMethod):
 
     def decode(self, pooled: list[torch.Tensor]) -> torch.Tensor:
         if self.concat:
-            return torch.cat(pooled, dim=1)  # (B, dim)
+            return torch.cat(pooled, dim=-1)  # (B, dim)
         return pooled[0] + pooled[1]
 
 

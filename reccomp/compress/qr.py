@@ -124,7 +124,7 @@ class QRTable(TableMethod):
             return pooled[0] * pooled[1]
         if self.mode == 1:
             return pooled[0] + pooled[1]
-        return torch.cat(pooled, dim=1)  # (B, dim)
+        return torch.cat(pooled, dim=-1)  # (B, dim)
 
 
 QRConfig.module = QRTable
