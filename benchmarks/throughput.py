@@ -19,8 +19,8 @@ step time of each side, and each side's best round is reported.
     python benchmarks/throughput.py [--rows 500000] [--steps 30] [--rounds 2]
 
 With ``--methods full hash qr graph_hash [--budget 0.25]`` it instead times each compression
-method's training step against ``full`` (same models and batch): the remap and decode around
-the lookup must not dominate.
+method's training step against ``full`` (same models and batch; ``fm``, ``mlp`` and ``dlrm``):
+the remap and decode around the lookup must not dominate.
 """
 
 from __future__ import annotations
@@ -228,6 +228,7 @@ def compare_methods(dm: RecDataModule, args: argparse.Namespace) -> None:
     models = {
         "fm": lambda e, d: DeepFM(e, d, deep_mlp=()),
         "mlp": lambda e, d: DCNv2(e, d, num_cross_layers=0, deep_mlp=(16,)),
+        "dlrm": lambda e, d: DLRM(e, d, bottom_mlp=(512, 256), top_mlp=(512, 256)),
     }
     res: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
