@@ -56,7 +56,7 @@ def cluster_bipartite(
     target: int,
     seed: int = 0,
     tolerance: float = 0.05,
-    max_trials: int = 24,
+    max_trials: int = 12,
 ) -> Clustering:
     """Cluster the graph of interactions ``(users[e], items[e])`` into at most ``target``
     user + item clusters.
@@ -111,7 +111,7 @@ def cluster_bipartite(
         if count <= target:
             if best is None or count > best[0]:
                 best = (count, math.exp(lg), res)
-            if count >= (1 - tolerance) * target:
+            if count >= target - max(tolerance * target, 2):  # close enough under target
                 break
             lo = lg if lo is None else max(lo, lg)
         else:
