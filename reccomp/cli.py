@@ -4,6 +4,8 @@
     reccomp data download NAME --root DIR
     reccomp data prepare --config configs/X.yaml [--data.root DIR]
     reccomp data info (--config configs/X.yaml | PREPARED_DIR)
+    reccomp bench --config configs/bench/NAME.yaml [--output DIR] [--data.root DIR] [--quick]
+    reccomp bench report results/NAME
 
 Training runs go through LightningCLI: every key of the YAML can be overridden on the
 command line, a wrong key or type fails before training and names it. Each run prints its
@@ -140,6 +142,8 @@ class RecCLI(LightningCLI):
         val = self._collect()
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_arg)
         extra: dict[str, Any] = {"best_checkpoint": ckpt, "epochs": self.trainer.current_epoch}
+        if hasattr(self.model, "training_stats"):
+            extra.update(self.model.training_stats())
         if hasattr(self.model, "embedding_report"):
             extra["embeddings/method"] = self.model.spec.method
             extra["embeddings/budget"] = self.model.spec.budget
@@ -198,6 +202,10 @@ def main(argv: list[str] | None = None) -> None:
         from reccomp.data.cli import data_main
 
         sys.exit(data_main(argv[1:]))
+    if argv and argv[0] == "bench":
+        from reccomp.bench.cli import bench_main
+
+        sys.exit(bench_main(argv[1:]))
     if not argv or argv[0] not in (*RUN_SUBCOMMANDS, "-h", "--help"):
         print(__doc__)
         sys.exit(0 if not argv else 2)

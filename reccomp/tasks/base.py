@@ -178,6 +178,29 @@ class RecTask(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_end("test")
 
+    # -- training time (samples/s in metrics.json and benchmark tables) -----------------------
+    def on_train_epoch_start(self) -> None:
+        self._epoch_t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.train_samples_ = getattr(self, "train_samples_", 0) + len(batch)
+
+    def on_train_epoch_end(self) -> None:
+        t0 = getattr(self, "_epoch_t0", None)
+        if t0 is not None:
+            self.train_seconds_ = getattr(self, "train_seconds_", 0.0) + time.perf_counter() - t0
+
+    def training_stats(self) -> dict[str, float]:
+        """Seconds spent in training epochs, samples seen, and the parameter count."""
+        secs = float(getattr(self, "train_seconds_", 0.0))
+        n = int(getattr(self, "train_samples_", 0))
+        return {
+            "train/seconds": round(secs, 3),
+            "train/samples": float(n),
+            "train/samples_per_s": round(n / secs, 1) if secs > 0 else 0.0,
+            "model/parameters": float(sum(p.numel() for p in self.parameters())),
+        }
+
     def log_memory(self) -> None:
         for k, v in self.embedding_memory().items():
             self.log(k, v, on_step=False, on_epoch=True)

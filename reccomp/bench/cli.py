@@ -1,0 +1,71 @@
+"""``reccomp bench``: run a grid, or rebuild its report.
+
+reccomp bench --config configs/bench/ml-1m-ctr.yaml [--output DIR] [--data.root DIR]
+              [--quick] [--force] [--methods '[hash, qr]'] [--budgets '[0.25]'] ...
+reccomp bench report results/ml-1m-ctr
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from reccomp.bench.config import BenchConfig
+from reccomp.bench.report import build_report
+from reccomp.bench.runner import run_grid
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="reccomp bench", description=__doc__)
+    p.add_argument("--config", action=ActionConfigFile, help="bench config (YAML)")
+    p.add_class_arguments(BenchConfig, nested_key=None, as_group=False)
+    p.add_argument("--output", default=None, help="results directory (default results/<name>)")
+    p.add_argument(
+        "--data.root", dest="data_root_override", default=None, help="data of every cell"
+    )
+    p.add_argument("--quick", action="store_true", help="tiny grid (one budget, seed, few batches)")
+    p.add_argument("--force", action="store_true", help="rerun finished cells")
+    return p
+
+
+def bench_main(argv: list[str]) -> int:
+    if argv[:1] == ["report"]:
+        if len(argv) != 2:
+            print("usage: reccomp bench report RESULTS_DIR", file=sys.stderr)
+            return 2
+        out = Path(argv[1])
+        if not (out / "bench.json").exists():
+            print(f"error: {out} holds no bench results (bench.json)", file=sys.stderr)
+            return 2
+        for p in build_report(out):
+            print(p)
+        return 0
+    p = _parser()
+    # dataclass fields at the top level: --name, --methods, --budgets, ... (and in YAML)
+    args = p.parse_args(argv)
+    fields = [f.name for f in dataclasses.fields(BenchConfig)]
+    try:
+        cfg = BenchConfig(**{k: args[k] for k in fields})
+    except (ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.data_root_override:
+        cfg.data_root = args.data_root_override
+    if args.quick:
+        cfg = cfg.quick()
+    out = Path(args.output or Path("results") / cfg.name)
+    t0 = time.perf_counter()
+    counts = run_grid(cfg, out, force=args.force)
+    mins = (time.perf_counter() - t0) / 60
+    print(
+        f"{counts['ok']} cells run, {counts['failed']} failed, {counts['skipped']} reused, "
+        f"{mins:.1f} min"
+    )
+    for path in build_report(out):
+        print(path)
+    print(out)
+    return 0

@@ -1,0 +1,105 @@
+"""The bench config: which training config, which methods, budgets, seeds and metrics.
+
+Example (``configs/bench/ml-1m-ctr.yaml``)::
+
+    name: ml-1m-ctr
+    train_config: configs/ml-1m-deepfm-ctr.yaml
+    data_root: ../shared/datasets/ml-1m-head
+    methods: [full, hash, qr, graph_hash]
+    budgets: [1, 0.5, 0.25, 0.1, 0.01]
+    seeds: [0, 1, 2]
+    metrics: [test/auc, test/logloss]
+    lower_is_better: [test/logloss]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_BUDGETS = [1.0, 0.5, 0.25, 0.1, 0.01]
+# a tiny version of any grid: one budget, one seed, a few batches per stage
+QUICK_OVERRIDES = [
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "3",
+    "--trainer.limit_val_batches", "2",
+    "--trainer.limit_test_batches", "2",
+]  # fmt: skip
+
+
+def _all_methods() -> list[str]:
+    from reccomp.compress import method_names
+
+    return method_names()
+
+
+@dataclass
+class BenchConfig:
+    """A benchmark grid.
+
+    Args:
+        name: results go to ``results/<name>/`` unless ``--output`` says otherwise.
+        train_config: the training config every cell starts from (``reccomp fit --config``).
+        data_root: ``--data.root`` of every cell (None: the training config's).
+        methods: compression methods (``full`` is the reference row, run at budget 1 only);
+            default: every registered method.
+        budgets: memory budgets, fractions of the full collection (columns of the table).
+        seeds: ``seed_everything`` of each repeat.
+        metrics: quality metrics from each run's ``metrics.json``; the first ranks methods.
+        lower_is_better: those of ``metrics`` where lower is better (losses, RMSE).
+        overrides: extra ``reccomp fit`` arguments for every cell.
+        show: further metrics to carry into the results (e.g. ``test/oracle_auc``).
+        quick_budgets: budgets of ``--quick``.
+    """
+
+    name: str
+    train_config: str
+    data_root: str | None = None
+    methods: list[str] = field(default_factory=_all_methods)
+    budgets: list[float] = field(default_factory=lambda: list(DEFAULT_BUDGETS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    metrics: list[str] = field(default_factory=lambda: ["test/auc"])
+    lower_is_better: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    show: list[str] = field(default_factory=list)
+    quick_budgets: list[float] = field(default_factory=lambda: [0.25])
+
+    def __post_init__(self) -> None:
+        known = set(_all_methods())
+        unknown = [m for m in self.methods if m not in known]
+        if unknown:
+            raise ValueError(f"bench: unknown methods {unknown}; known: {sorted(known)}")
+        if not self.metrics:
+            raise ValueError("bench: metrics must name at least one metric")
+        if any(b <= 0 for b in self.budgets) or not self.budgets or not self.seeds:
+            raise ValueError("bench: budgets must be > 0, and budgets and seeds non-empty")
+        bad = [m for m in self.lower_is_better if m not in self.metrics]
+        if bad:
+            raise ValueError(f"bench: lower_is_better names metrics not in metrics: {bad}")
+
+    def quick(self) -> BenchConfig:
+        """The tiny version: one budget, one seed, a few batches, its own results name."""
+        return BenchConfig(
+            name=f"{self.name}-quick",
+            train_config=self.train_config,
+            data_root=self.data_root,
+            methods=self.methods,
+            budgets=self.quick_budgets,
+            seeds=self.seeds[:1],
+            metrics=self.metrics,
+            lower_is_better=self.lower_is_better,
+            overrides=[*self.overrides, *QUICK_OVERRIDES],
+            show=self.show,
+            quick_budgets=self.quick_budgets,
+        )
+
+    def cells(self) -> list[tuple[str, float, int]]:
+        """(method, budget, seed) of every cell; ``full`` only at budget 1."""
+        out = []
+        for m in self.methods:
+            budgets = [1.0] if m == "full" else self.budgets
+            out += [(m, float(b), s) for b in budgets for s in self.seeds]
+        return out
+
+
+def cell_id(method: str, budget: float, seed: int) -> str:
+    return f"{method}-b{budget:g}-s{seed}"

@@ -1,0 +1,91 @@
+"""Running a grid: one subprocess per cell, resumable, a failing cell recorded and skipped.
+
+Layout of ``results/<name>/``::
+
+    bench.json                the resolved bench config (the report reads it)
+    cells/<cell>.json         one result per cell (``status`` ok or failed), written last
+    runs/<cell>/version_N/    each cell's run directory (config.yaml, metrics.json, ckpts)
+    table.md table.csv timing.md pareto.png     from :mod:`reccomp.bench.report`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from reccomp.bench.config import BenchConfig, cell_id
+
+
+def fit_args(cfg: BenchConfig, out: Path, method: str, budget: float, seed: int) -> list[str]:
+    """The ``reccomp fit`` arguments of one cell."""
+    args = ["fit", "--config", cfg.train_config, "--model.embeddings.method", method]
+    if method != "full":
+        args += ["--model.embeddings.budget", repr(budget)]
+    args += ["--seed_everything", str(seed)]
+    if cfg.data_root:
+        args += ["--data.root", cfg.data_root]
+    args += [
+        "--trainer.logger.init_args.save_dir", str(out / "runs"),
+        "--trainer.logger.init_args.name", cell_id(method, budget, seed),
+        "--trainer.enable_progress_bar", "false",
+        *cfg.overrides,
+    ]  # fmt: skip
+    return args
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def cell_done(path: Path) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status") == "ok"
+    except json.JSONDecodeError:
+        return False
+
+
+def run_grid(cfg: BenchConfig, out: Path, force: bool = False) -> dict[str, int]:
+    """Run every cell not yet finished (all with ``force``); returns counts by outcome."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cells").mkdir(exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    cells = cfg.cells()
+    todo = [c for c in cells if force or not cell_done(out / "cells" / f"{cell_id(*c)}.json")]
+    counts = {"skipped": len(cells) - len(todo), "ok": 0, "failed": 0}
+    if counts["skipped"]:
+        print(f"{counts['skipped']} of {len(cells)} cells already finished (--force reruns them)")
+    bar = tqdm(todo, desc="bench", unit="cell", dynamic_ncols=True)
+    for method, budget, seed in bar:
+        cid = cell_id(method, budget, seed)
+        bar.set_description(f"bench {cid}")
+        path = out / "cells" / f"{cid}.json"
+        cmd = [sys.executable, "-m", "reccomp.bench.cell", str(path), "--",
+               *fit_args(cfg, out, method, budget, seed)]  # fmt: skip
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        secs = time.perf_counter() - t0
+        base = {"cell": cid, "method": method, "budget": budget, "seed": seed, "wall_seconds": secs}
+        if proc.returncode == 0 and cell_done(path):
+            data = json.loads(path.read_text())
+            _write(path, {**data, **base})
+            counts["ok"] += 1
+        else:
+            err = (proc.stderr or proc.stdout)[-3000:]
+            lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+            _write(path, {**base, "status": "failed", "error": lines[-1] if lines else "",
+                          "log_tail": err, "returncode": proc.returncode})  # fmt: skip
+            counts["failed"] += 1
+            tqdm.write(f"{cid}: failed: {lines[-1] if lines else proc.returncode}")
+    return counts

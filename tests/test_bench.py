@@ -1,0 +1,121 @@
+"""``reccomp bench``: the quick grid end to end, resume, report regeneration, failing cells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reccomp.bench.config import BenchConfig
+from reccomp.bench.report import build_report
+from reccomp.cli import main
+from tests.test_cli import CONFIGS, TINY_ML
+
+BENCH_CONFIGS = sorted((CONFIGS / "bench").glob("*.yaml"))
+
+
+def _bench_yaml(tmp_path: Path) -> Path:
+    """A small grid on embedded data; 0.01 of 60 users cannot be reached: failing cells."""
+    cfg = {
+        "name": "tiny",
+        "train_config": str(CONFIGS / "synthetic-movielens-mf.yaml"),
+        "methods": ["full", "hash", "qr"],
+        "budgets": [0.5, 0.01],
+        "seeds": [0],
+        "metrics": ["test/rmse"],
+        "lower_is_better": ["test/rmse"],
+        "overrides": ["--data.synthetic", TINY_ML, "--model.embeddings.min_rows", "0"],
+        "quick_budgets": [0.5, 0.01],
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["bench", *args])
+    assert e.value.code == 0
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "out"
+    _run(["--config", str(_bench_yaml(tmp)), "--quick", "--output", str(out)])
+    return out
+
+
+def test_quick_grid_end_to_end(grid: Path) -> None:
+    cells = {p.stem: json.loads(p.read_text()) for p in (grid / "cells").glob("*.json")}
+    assert set(cells) == {
+        "full-b1-s0",
+        "hash-b0.5-s0",
+        "hash-b0.01-s0",
+        "qr-b0.5-s0",
+        "qr-b0.01-s0",
+    }
+    ok = cells["hash-b0.5-s0"]
+    assert ok["status"] == "ok"
+    assert ok["metrics"]["embeddings/ratio"] <= 0.5
+    for key in ("test/rmse", "val/rmse", "train/samples_per_s", "model/parameters"):
+        assert key in ok["metrics"]
+    assert set(ok["latency_ms"]) == {"1", "1024"} and "torch" in ok["versions"]
+    assert "embeddings:" in ok["config"]  # the resolved training config
+    for name in ("table.md", "table.csv", "timing.md", "pareto.png"):
+        assert (grid / name).stat().st_size > 0
+    # numbers in the table are the cells' numbers
+    assert f"{ok['metrics']['test/rmse']:.4f}" in (grid / "table.md").read_text()
+
+
+def test_a_failing_cell_is_recorded_and_the_grid_goes_on(grid: Path) -> None:
+    failed = json.loads((grid / "cells" / "qr-b0.01-s0.json").read_text())
+    assert failed["status"] == "failed"
+    assert "cannot reach budget 0.01" in failed["error"]
+    assert json.loads((grid / "cells" / "qr-b0.5-s0.json").read_text())["status"] == "ok"
+    assert "qr-b0.01-s0" in (grid / "table.md").read_text()  # listed under failed cells
+
+
+def test_report_rebuilds_from_result_files(grid: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (grid / "table.md").read_text()
+    for name in ("table.md", "table.csv", "timing.md", "pareto.png"):
+        (grid / name).unlink()
+    _run(["report", str(grid)])
+    assert (grid / "table.md").read_text() == before
+    assert (grid / "pareto.png").exists()
+
+
+def test_rerun_finishes_only_missing_cells(grid: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = (grid / "table.md").read_text()
+    ok = sum(json.loads(p.read_text())["status"] == "ok" for p in (grid / "cells").glob("*.json"))
+    old = json.loads((grid / "cells" / "hash-b0.5-s0.json").read_text())
+    (grid / "cells" / "hash-b0.5-s0.json").unlink()  # as if killed before this cell ended
+    cfg = json.loads((grid / "bench.json").read_text())
+    path = grid.parent / "again.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    _run(["--config", str(path), "--output", str(grid)])
+    out = capsys.readouterr().out
+    assert f"{ok - 1} of 5 cells already finished" in out  # failed cells are retried too
+    new = json.loads((grid / "cells" / "hash-b0.5-s0.json").read_text())
+    assert new["metrics"]["test/rmse"] == old["metrics"]["test/rmse"]  # same seed, same result
+    assert (grid / "table.md").read_text() == before
+
+
+@pytest.mark.parametrize("path", BENCH_CONFIGS, ids=lambda p: p.stem)
+def test_shipped_bench_configs_parse(path: Path) -> None:
+    cfg = BenchConfig(**yaml.safe_load(path.read_text()))
+    assert (CONFIGS.parent / cfg.train_config).exists()
+    assert cfg.cells()
+
+
+def test_shipped_bench_config_names() -> None:
+    names = {p.stem for p in BENCH_CONFIGS}
+    assert {
+        "ml-100k-rating",
+        "ml-1m-retrieval",
+        "ml-1m-ctr",
+        "synthetic-criteo",
+        "criteo-kaggle",
+    } <= names
