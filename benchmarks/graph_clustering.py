@@ -28,7 +28,7 @@ def main() -> None:
     schema = dm.prepare(verbose=False)
     t0 = time.perf_counter()
     data = FitData.from_schema(schema)
-    users, items = data.interactions()
+    users, _ = data.interactions()
     print(
         f"{schema.name}: {schema.field(schema.user_field).cardinality} user rows, "
         f"{schema.field(schema.item_field).cardinality} item rows, {len(users):,} training "

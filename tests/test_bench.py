@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from reccomp.bench.config import BenchConfig
-from reccomp.bench.report import build_report
 from reccomp.cli import main
 from tests.test_cli import CONFIGS, TINY_ML
 
