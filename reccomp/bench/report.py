@@ -29,7 +29,12 @@ def aggregate(cfg: BenchConfig, cells: list[dict[str, Any]]) -> dict[tuple[str, 
     """(method, budget) -> mean/std of every metric over seeds, memory, timing."""
     groups: dict[tuple[str, float], list[dict]] = {}
     for c in cells:
-        if c.get("status") == "ok" and c["method"] in cfg.methods:
+        if (
+            c.get("status") == "ok"
+            and c["method"] in cfg.methods
+            and c["seed"] in cfg.seeds
+            and (float(c["budget"]) in {float(b) for b in cfg.budgets} or c["method"] == "full")
+        ):
             groups.setdefault((c["method"], float(c["budget"])), []).append(c)
     agg = {}
     for key, cs in groups.items():
@@ -114,7 +119,7 @@ def tables(cfg: BenchConfig, cells: list[dict[str, Any]]) -> tuple[str, list[lis
                 f"{agg[(m, b)]['ratio']:.3f}" if (m, b) in agg else "" for b in budgets
             ]) + " |"
         )  # fmt: skip
-    failed = [c for c in cells if c.get("status") != "ok"]
+    failed = [c for c in cells if c.get("status") != "ok" and c["method"] in cfg.methods]
     if failed:
         md.append("\n## Failed cells\n")
         for c in failed:
