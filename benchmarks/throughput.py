@@ -69,6 +69,7 @@ def time_reccomp(
     optimizer: str = "adagrad",
     method: str = "full",
     budget: float | None = None,
+    compile: bool = False,
 ) -> list[float]:
     options = {}
     if method in ("graph_hash", "double_graph_hash"):
@@ -79,7 +80,7 @@ def time_reccomp(
         dim=DIM, optimizer=optimizer, lr=0.05, init_std=0.05, method=method,
         budget=budget if method != "full" else None, options=options,
     )  # fmt: skip
-    task = CTRTask(factory, embeddings=spec, schema=dm.schema_dict)
+    task = CTRTask(factory, embeddings=spec, schema=dm.schema_dict, compile=compile)
     if task.embeddings.needs_fit:
         task.embeddings.fit(FitData.from_schema(dm.schema))
     timer = StepTimer(warmup)
@@ -130,7 +131,9 @@ class RefFM(nn.Module):
         self.bias = nn.Parameter(torch.zeros(()))
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        rows = self.emb(sparse)  # (B, F, D)
+        return self.interact(dense, self.emb(sparse))
+
+    def interact(self, dense: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # rows (B, F, D)
         summed, squares = rows.sum(1), rows.square().sum(1)  # (B, D) each
         k = DIM - 1
         fm = 0.5 * (summed[:, :k].square() - squares[:, :k]).sum(1)  # (B,)
@@ -148,7 +151,10 @@ class RefMLP(nn.Module):
         self.deep = nn.Sequential(mlp([num_dense + len(cards) * DIM, 16]), nn.Linear(16, 1))
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        x0 = torch.cat([dense, self.emb(sparse).flatten(1)], 1)  # (B, 13 + F*D)
+        return self.interact(dense, self.emb(sparse))
+
+    def interact(self, dense: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        x0 = torch.cat([dense, rows.flatten(1)], 1)  # (B, 13 + F*D)
         return self.deep(x0).squeeze(1)
 
 
@@ -162,8 +168,11 @@ class RefDLRM(nn.Module):
         self.top = nn.Sequential(mlp([DIM + n * (n - 1) // 2, 512, 256]), nn.Linear(256, 1))
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        return self.interact(dense, self.emb(sparse))
+
+    def interact(self, dense: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         head = self.bottom(dense)  # (B, D)
-        stack = torch.cat([head.unsqueeze(1), self.emb(sparse)], 1)  # (B, F+1, D)
+        stack = torch.cat([head.unsqueeze(1), rows], 1)  # (B, F+1, D)
         gram = torch.bmm(stack, stack.transpose(1, 2))  # (B, n, n)
         dots = gram[:, self.pairs[0], self.pairs[1]]  # (B, n(n-1)/2)
         return self.top(torch.cat([head, dots], 1)).squeeze(1)
@@ -270,13 +279,24 @@ def main() -> None:
         "full (fm and mlp models, reccomp only), e.g. --methods full hash qr graph_hash",
     )
     p.add_argument("--budget", type=float, default=0.25, help="budget of --methods")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="reccomp side with compile: true (torch.compile of the dense part)",
+    )
+    p.add_argument(
+        "--compile-reference",
+        action="store_true",
+        help="also torch.compile the reference's dense part (same code after the lookups)",
+    )
     args = p.parse_args()
     # both sides run in this process, so both get the allocator setting the CLI uses
     print(f"tune_malloc: {tune_malloc() if not args.default_malloc else 'off'}")
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, dim {DIM}, "
-        f"reccomp sparse optimizer {args.sparse_optimizer} (reference: torch.optim.Adagrad)"
+        f"reccomp sparse optimizer {args.sparse_optimizer} (reference: torch.optim.Adagrad), "
+        f"reccomp compile {args.compile}, reference compile {args.compile_reference}"
     )
     with tempfile.TemporaryDirectory() as cache:
         dm = RecDataModule(
@@ -315,10 +335,15 @@ def main() -> None:
         for r in range(args.rounds):
             for name, (factory, ref_cls) in models.items():
                 ref_model = ref_cls(cards, schema.num_dense)
+                if args.compile_reference:
+                    ref_model.interact = torch.compile(ref_model.interact)
                 ref = statistics.median(time_reference(train, ref_model, args.steps))
                 rec = statistics.median(
-                    time_reccomp(dm, factory, args.steps, optimizer=args.sparse_optimizer)
-                )
+                    time_reccomp(
+                        dm, factory, args.steps, optimizer=args.sparse_optimizer,
+                        compile=args.compile,
+                    )
+                )  # fmt: skip
                 results[name]["reference"].append(ref)
                 results[name]["reccomp"].append(rec)
                 print(

@@ -269,3 +269,14 @@ def test_compression_errors_before_training(
         run_cli(args + override)
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "runs").exists()
+
+
+def test_compiled_dense_part_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``compile: true`` runs the model's dense part through torch.compile."""
+    monkeypatch.chdir(tmp_path)
+    cfg = str(CONFIGS / "synthetic-criteo-dlrm.yaml")
+    args = ["fit", "--config", cfg, "--data.synthetic", TINY_CRITEO, "--model.compile", "true"]
+    run_cli([*args, "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false"])
+    assert "test/auc" in capsys.readouterr().out

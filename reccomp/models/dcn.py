@@ -78,7 +78,11 @@ class DCNv2(nn.Module):
         self.head = nn.Linear(head_in, 1)
 
     def forward(self, dense: Tensor, sparse: KeyedJaggedTensor) -> Tensor:
-        x0 = self._layout.values(self.embeddings(sparse))  # (B, sum of dims)
+        return self.interact(dense, self._layout.values(self.embeddings(sparse)))
+
+    def interact(self, dense: Tensor, values: Tensor) -> Tensor:
+        """The dense part: (B, num_dense) and pooled rows (B, sum of dims) -> (B,) logits."""
+        x0 = values
         if self.num_dense:
             x0 = torch.cat([dense, x0], dim=1)  # (B, d)
         x = x0

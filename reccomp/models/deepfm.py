@@ -90,7 +90,10 @@ class DeepFM(nn.Module):
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
 
     def forward(self, dense: Tensor, sparse: KeyedJaggedTensor) -> Tensor:
-        values = self._layout.values(self.embeddings(sparse))  # (B, F*(k+1))
+        return self.interact(dense, self._layout.values(self.embeddings(sparse)))
+
+    def interact(self, dense: Tensor, values: Tensor) -> Tensor:
+        """The dense part: (B, num_dense) and pooled rows (B, F*(k+1)) -> (B,) logits."""
         rows = values.view(-1, self.num_features, self.width)  # (B, F, k+1)
         summed = rows.sum(dim=1)  # (B, k+1): field sums of factors and first-order weights
         squares = rows.square().sum(dim=1)  # (B, k+1)

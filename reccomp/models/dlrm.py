@@ -84,7 +84,10 @@ class DLRM(nn.Module):
         )
 
     def forward(self, dense: Tensor, sparse: KeyedJaggedTensor) -> Tensor:
-        values = self._layout.values(self.embeddings(sparse))  # (B, F*D)
+        return self.interact(dense, self._layout.values(self.embeddings(sparse)))
+
+    def interact(self, dense: Tensor, values: Tensor) -> Tensor:
+        """The dense part: (B, num_dense) and pooled rows (B, F*D) -> (B,) logits."""
         emb = values.reshape(-1, self.num_features, self.embedding_dim)  # (B, F, D)
         if self.bottom is not None:
             head = self.bottom(dense)  # (B, D)
