@@ -139,3 +139,13 @@ def test_graph_fields_stay_together_under_min_rows() -> None:
     spec = EmbeddingSpec(method="graph_hash", budget=0.5, dim=8, min_rows=1000)
     coll = build_embeddings(schema, spec)
     assert [p.config.name for p in coll.plans] == ["graph_hash", "graph_hash", "full"]
+
+
+def test_ctr_graph_uses_clicked_rows() -> None:
+    users, items = np.array([2, 3, 4, 5]), np.array([7, 8, 9, 10])
+    data = FitData({}, "user", "item", users, items, labels=np.array([1.0, 0.0, 1.0, 0.0]))
+    u, i = data.interactions(positive_only=True)
+    assert u.tolist() == [2, 4] and i.tolist() == [7, 9]
+    assert data.interactions()[0].tolist() == [2, 3, 4, 5]
+    with pytest.raises(ValueError, match="edges must be"):
+        make_config("graph_hash", {"edges": "clicks"})
