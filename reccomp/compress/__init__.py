@@ -10,6 +10,7 @@ from reccomp.compress import (  # noqa: F401  (registration side effects)
     full,
     graph_hash,
     hash,
+    low_rank,
     qr,
 )
 from reccomp.compress.base import BudgetError, TableMethod

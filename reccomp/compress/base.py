@@ -132,8 +132,10 @@ class TableMethod(nn.Module):
         return [TableSpec("" if one else f":{i}", r, self.dim) for i, r in enumerate(self.rows)]
 
     def map_bytes(self) -> int:
-        """Bytes of the buffers a server holds (id maps, hash parameters)."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+        """Bytes held besides the storage rows: buffers (id maps, hash parameters) and the
+        method's own parameters (projections)."""
+        tensors = [*self.buffers(), *self.parameters()]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def memory_bytes(self) -> int:
         return self.map_bytes() + sum(t.rows * t.width * BYTES_PER_VALUE for t in self.tables())

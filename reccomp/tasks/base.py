@@ -127,8 +127,10 @@ class RecTask(pl.LightningModule):
 
     # -- optimization ------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        # the fused collection updates its own tables in backward: keep them out
-        sparse = {id(p) for p in self.embeddings.parameters()}
+        # the fused storage updates its own tables in backward: keep them out (a method's
+        # dense parameters, e.g. low_rank's projection, go to the dense optimizer)
+        storage = getattr(self.embeddings, "storage", self.embeddings)
+        sparse = {id(p) for p in storage.parameters()}
         dense = [p for p in self.parameters() if id(p) not in sparse and p.requires_grad]
         if not dense:  # e.g. a model whose only parameters are embeddings
             dense = [nn.Parameter(torch.zeros(1))]

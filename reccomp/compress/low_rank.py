@@ -1,0 +1,91 @@
+"""``low_rank``: trainable factorized embeddings, ``E = A B``.
+
+``A`` (n x r) is an ordinary TorchRec table (FBGEMM trains and shards it like any table) and
+``B`` (r x d) a projection applied after pooling: pooling is linear, so pooling rows of ``A``
+and projecting equals pooling rows of ``E``. ``B`` is a dense parameter (dense optimizer).
+The rank-truncatable variant trained with ordered dropout is Maestro (Horvath et al.,
+"Maestro: Uncovering Low-Rank Structures via Trainable Decomposition", ICML 2024); this is
+its plain, fixed-rank form.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from reccomp.compress.base import BYTES_PER_VALUE, BudgetError, TableMethod, TableSpec, in_range
+from reccomp.compress.registry import MethodConfig, register
+
+
+@register("low_rank")
+@dataclass
+class LowRankConfig(MethodConfig):
+    """Fixed-rank factorization ``E = A B`` (Maestro's plain form, Horvath et al., ICML 2024).
+
+    Args:
+        rank: ``r``, a multiple of 4 (FBGEMM widths) below ``dim``; ``None`` = the largest
+            that fits the budget.
+    """
+
+    rank: int | None = None
+    size_options: ClassVar[tuple[str, ...]] = ("rank",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rank is not None and (self.rank < 4 or self.rank % 4):
+            raise ValueError(f"low_rank: rank must be a multiple of 4 (FBGEMM), got {self.rank}")
+
+
+def _bytes(n: int, dim: int, r: int) -> int:
+    return (n * r + r * dim) * BYTES_PER_VALUE
+
+
+class LowRankTable(TableMethod):
+    """Rows of ``A`` (width r), pooled, then ``@ B`` (r x dim)."""
+
+    def __init__(
+        self, field: str, num_embeddings: int, dim: int, config: LowRankConfig, **kw
+    ) -> None:
+        super().__init__(field, num_embeddings, dim, config, **kw)
+        self.rank = int(config.rank)  # type: ignore[arg-type]
+        if self.rank >= dim:
+            raise ValueError(f"low_rank: rank {self.rank} must be below dim {dim}")
+        self.rows = [num_embeddings]
+        g = torch.Generator().manual_seed(self.seed)
+        # B ~ N(0, 1/r): rows of A B keep the scale of the rows of A
+        self.proj = nn.Parameter(torch.randn(self.rank, dim, generator=g) / math.sqrt(self.rank))
+
+    def tables(self) -> list[TableSpec]:
+        return [TableSpec("", self.rows[0], self.rank)]
+
+    def decode_signature(self) -> tuple:
+        return (*super().decode_signature(), self.field)  # own projection: no shared block
+
+    @classmethod
+    def table_bytes(cls, num_embeddings: int, dim: int, config: MethodConfig) -> int:
+        return _bytes(num_embeddings, dim, config.rank)
+
+    @classmethod
+    def min_bytes(cls, num_embeddings: int, dim: int, config: MethodConfig) -> int:
+        return _bytes(num_embeddings, dim, 4)
+
+    @classmethod
+    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):
+        r = (budget_bytes // BYTES_PER_VALUE) // (num_embeddings + dim) // 4 * 4
+        r = min(r, dim - 4)
+        if r < 4:
+            raise BudgetError("low_rank needs rank >= 4 (FBGEMM widths)")
+        return type(config)(**{**config.to_dict(), "rank": int(r)})
+
+    def remap(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        return [in_range(ids, self.num_embeddings)]
+
+    def decode(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        return pooled[0] @ self.proj  # (..., r) @ (r, dim)
+
+
+LowRankConfig.module = LowRankTable
