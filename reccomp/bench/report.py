@@ -53,9 +53,11 @@ def aggregate(cfg: BenchConfig, cells: list[dict[str, Any]]) -> dict[tuple[str, 
     return agg
 
 
-def _fmt(mean: float, std: float, digits: int = 4) -> str:
+def _fmt(mean: float, std: float, digits: int = 4, n: int = 2) -> str:
     if math.isnan(mean):
         return "-"
+    if n < 2:  # one seed: no spread to show
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
@@ -94,11 +96,11 @@ def tables(cfg: BenchConfig, cells: list[dict[str, Any]]) -> tuple[str, list[lis
                 if r is None:
                     row.append("")
                     continue
-                s = _fmt(*r[metric])
+                s = _fmt(*r[metric], n=r["n"])
                 row.append(f"**{s}**" if best.get(b) == m else s)
             md.append("| " + " | ".join(row) + " |")
         if full is not None:
-            md.append(f"\n{metric} minus that of `full` ({_fmt(*full[metric])}):\n")
+            md.append(f"\n{metric} minus that of `full` ({_fmt(*full[metric], n=full['n'])}):\n")
             md.append("| " + " | ".join(head) + " |")
             md.append("|" + "---|" * len(head))
             for m in methods:
