@@ -59,7 +59,12 @@ def bench_main(argv: list[str]) -> int:
         cfg = cfg.quick()
     out = Path(args.output or Path("results") / cfg.name)
     t0 = time.perf_counter()
-    counts = run_grid(cfg, out, force=args.force)
+    try:
+        counts = run_grid(cfg, out, force=args.force)
+    except KeyboardInterrupt:
+        # the running cell wrote nothing (its result file is written last): rerun resumes
+        print(f"\ninterrupted: rerun the same command to finish the missing cells of {out}")
+        return 130
     mins = (time.perf_counter() - t0) / 60
     print(
         f"{counts['ok']} cells run, {counts['failed']} failed, {counts['skipped']} reused, "
