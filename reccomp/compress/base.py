@@ -13,7 +13,6 @@ buffers with a trailing ``_``, so a checkpoint restores it without the data.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,23 +180,6 @@ def in_range(ids: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where((ids >= 0) & (ids < n), ids, torch.zeros_like(ids))
 
 
-def largest_fitting(lo: int, hi: int, fits: Any) -> int | None:
-    """Largest integer k in [lo, hi] with ``fits(k)`` (``fits`` monotone: true then false)."""
-    if hi < lo or not fits(lo):
-        return None
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def replace(config: MethodConfig, **kw: Any) -> MethodConfig:
-    return dataclasses.replace(config, **kw)
-
-
 def top_ids(counts: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` most frequent ids, sorted by id (ties broken towards smaller ids)."""
     k = min(k, len(counts))
@@ -219,7 +201,6 @@ __all__ = [
     "hash_params",
     "in_range",
     "index_dtype",
-    "largest_fitting",
     "top_ids",
     "universal_hash",
 ]

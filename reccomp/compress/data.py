@@ -16,7 +16,8 @@ class FitData:
     Args:
         counts_by_field: field -> (cardinality,) training frequency of each row.
         user_field, item_field: the fields of the interaction graph (None: no graph).
-        users, items: (E,) rows of each training interaction.
+        users, items: (E,) rows of each training interaction, when not read from
+            ``columns`` (the user and item fields' columns).
         columns: field -> (N,) training rows of every single-valued field.
         labels: (N,) training labels of a CTR data set (clicks), else None.
 
@@ -54,17 +55,18 @@ class FitData:
         return u, i
 
     def _pair(self, fields: tuple[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
-        if fields is not None and tuple(fields) != (self.user_field, self.item_field):
-            missing = [f for f in fields if f not in self.columns]
-            if missing:
-                raise ValueError(f"no training column for field(s) {missing}")
-            return np.asarray(self.columns[fields[0]]), np.asarray(self.columns[fields[1]])
-        if self.users is None or self.items is None:
+        pair = tuple(fields) if fields is not None else (self.user_field, self.item_field)
+        if pair == (self.user_field, self.item_field) and self.users is not None:
+            return self.users, self.items  # type: ignore[return-value]
+        if None in pair:
             raise ValueError(
                 "this data has no user-item interaction graph (the schema names no user and "
                 "item fields): graph methods need one"
             )
-        return self.users, self.items
+        missing = [f for f in pair if f not in self.columns]
+        if missing:
+            raise ValueError(f"no training column for field(s) {missing}")
+        return np.asarray(self.columns[pair[0]]), np.asarray(self.columns[pair[1]])
 
     @classmethod
     def from_schema(cls, schema: Schema) -> FitData:
@@ -75,11 +77,7 @@ class FitData:
         sparse = np.load(schema.root / "train" / "sparse.npy", mmap_mode="r")  # (N, F1)
         single = [f.name for f in schema.sparse if f.max_len == 1]
         columns = {name: sparse[:, i] for i, name in enumerate(single)}  # lazy mmap views
-        users = items = None
-        if schema.user_field in columns and schema.item_field in columns:
-            users = np.asarray(columns[schema.user_field])
-            items = np.asarray(columns[schema.item_field])
         labels = None
         if schema.task == "ctr":
             labels = np.load(schema.root / "train" / "label.npy", mmap_mode="r")
-        return cls(counts, schema.user_field, schema.item_field, users, items, columns, labels)
+        return cls(counts, schema.user_field, schema.item_field, columns=columns, labels=labels)

@@ -8,6 +8,7 @@ frequent ids apart: that part is :mod:`reccomp.compress.frequency_hash`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -88,16 +89,14 @@ class DoubleHashTable(TableMethod):
 
     @classmethod
     def min_bytes(cls, num_embeddings: int, dim: int, config: MethodConfig) -> int:
-        return cls.table_bytes(
-            num_embeddings, dim, type(config)(**{**config.to_dict(), "num_buckets": 2})
-        )
+        return cls.table_bytes(num_embeddings, dim, dataclasses.replace(config, num_buckets=2))
 
     @classmethod
     def fit_budget(cls, num_embeddings, dim, config, budget_bytes):
         m = (budget_bytes - 32) // (_width(dim, config) * BYTES_PER_VALUE)
         if m < 2:
             raise BudgetError("double_hash needs at least two rows")
-        return type(config)(**{**config.to_dict(), "num_buckets": int(min(m, 2 * num_embeddings))})
+        return dataclasses.replace(config, num_buckets=int(min(m, 2 * num_embeddings)))
 
     def remap(self, ids: torch.Tensor) -> list[torch.Tensor]:
         return [

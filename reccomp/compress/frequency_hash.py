@@ -9,6 +9,7 @@ them) and found with a binary search, so the id map costs bytes per *kept* id, n
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -95,7 +96,7 @@ class FrequencyHashTable(TableMethod):
         h = max(total - k, 1)
         while (k + h) * row + k * idb + 16 > budget_bytes:  # rounding: step down
             k, h = (k - 1, h) if k > 0 else (k, h - 1)
-        return type(config)(**{**config.to_dict(), "num_frequent": k, "num_buckets": h})
+        return dataclasses.replace(config, num_frequent=k, num_buckets=h)
 
     def fit(self, data: Any) -> None:
         counts = np.asarray(data.counts(self.field))

@@ -16,6 +16,7 @@ so the achieved memory is at or a few percent under the target.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -159,7 +160,7 @@ class GraphHashTable(TableMethod):
         if type(config).hash_rows:
             kw["num_buckets"] = max(1, int(rows * config.hash_share))
             kw["num_clusters"] = max(1, rows - kw["num_buckets"])
-        return type(config)(**{**config.to_dict(), **kw})
+        return dataclasses.replace(config, **kw)
 
     @classmethod
     def fit_group(cls, modules: list[TableMethod], data: Any) -> None:

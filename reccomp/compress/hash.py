@@ -6,6 +6,7 @@ standard baseline of embedding compression (e.g. Shi et al., 2020).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -66,7 +67,7 @@ class HashTable(TableMethod):
         if m < 1:
             raise BudgetError("hash needs at least one row")
         # more buckets than ids would only add collisions-free waste
-        return type(config)(**{**config.to_dict(), "num_buckets": int(min(m, num_embeddings))})
+        return dataclasses.replace(config, num_buckets=int(min(m, num_embeddings)))
 
     def remap(self, ids: torch.Tensor) -> list[torch.Tensor]:
         return [universal_hash(ids, self.params_, self.num_buckets)]

@@ -10,6 +10,7 @@ its plain, fixed-rank form.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -79,7 +80,7 @@ class LowRankTable(TableMethod):
         r = min(r, dim - 4)
         if r < 4:
             raise BudgetError("low_rank needs rank >= 4 (FBGEMM widths)")
-        return type(config)(**{**config.to_dict(), "rank": int(r)})
+        return dataclasses.replace(config, rank=int(r))
 
     def remap(self, ids: torch.Tensor) -> list[torch.Tensor]:
         return [in_range(ids, self.num_embeddings)]

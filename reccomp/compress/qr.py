@@ -8,6 +8,7 @@ the same pair, so every id keeps a unique embedding at about ``n / c + c`` rows.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -113,7 +114,7 @@ class QRTable(TableMethod):
                 hi = mid
             else:
                 lo = mid + 1
-        return type(config)(**{**config.to_dict(), "num_collisions": lo})
+        return dataclasses.replace(config, num_collisions=lo)
 
     def remap(self, ids: torch.Tensor) -> list[torch.Tensor]:
         x = in_range(ids, self.num_embeddings)

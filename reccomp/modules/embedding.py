@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 
@@ -111,21 +111,6 @@ class EmbeddingSpec:
         if self.optimizer != "sgd":
             kw["eps"] = self.eps
         return kw
-
-
-def table_configs(schema: Schema, spec: EmbeddingSpec) -> list[EmbeddingBagConfig]:
-    """One TorchRec table per sparse field, in schema order, named after the field."""
-    pooling = PoolingType.SUM if spec.pooling == "sum" else PoolingType.MEAN
-    return [
-        EmbeddingBagConfig(
-            name=f.name,
-            embedding_dim=spec.dim,
-            num_embeddings=f.cardinality,
-            feature_names=[f.name],
-            pooling=pooling,
-        )
-        for f in schema.sparse
-    ]
 
 
 def fused_collection(
