@@ -47,6 +47,8 @@ class BenchConfig:
         metrics: quality metrics from each run's ``metrics.json``; the first ranks methods.
         lower_is_better: those of ``metrics`` where lower is better (losses, RMSE).
         overrides: extra ``reccomp fit`` arguments for every cell.
+        method_overrides: extra ``reccomp fit`` arguments for the cells of one method, e.g.
+            ``{graph_hash: [--model.embeddings.options, '{fields: [C1, C2]}']}``.
         show: further metrics to carry into the results (e.g. ``test/oracle_auc``).
         quick_budgets: budgets of ``--quick``.
     """
@@ -60,6 +62,7 @@ class BenchConfig:
     metrics: list[str] = field(default_factory=lambda: ["test/auc"])
     lower_is_better: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)
     show: list[str] = field(default_factory=list)
     quick_budgets: list[float] = field(default_factory=lambda: [0.25])
 
@@ -72,6 +75,9 @@ class BenchConfig:
             raise ValueError("bench: metrics must name at least one metric")
         if any(b <= 0 for b in self.budgets) or not self.budgets or not self.seeds:
             raise ValueError("bench: budgets must be > 0, and budgets and seeds non-empty")
+        stray = [m for m in self.method_overrides if m not in self.methods]
+        if stray:
+            raise ValueError(f"bench: method_overrides names methods not in methods: {stray}")
         bad = [m for m in self.lower_is_better if m not in self.metrics]
         if bad:
             raise ValueError(f"bench: lower_is_better names metrics not in metrics: {bad}")
@@ -88,6 +94,7 @@ class BenchConfig:
             metrics=self.metrics,
             lower_is_better=self.lower_is_better,
             overrides=[*self.overrides, *QUICK_OVERRIDES],
+            method_overrides=self.method_overrides,
             show=self.show,
             quick_budgets=self.quick_budgets,
         )

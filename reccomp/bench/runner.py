@@ -37,6 +37,7 @@ def fit_args(cfg: BenchConfig, out: Path, method: str, budget: float, seed: int)
         "--trainer.logger.init_args.name", cell_id(method, budget, seed),
         "--trainer.enable_progress_bar", "false",
         *cfg.overrides,
+        *cfg.method_overrides.get(method, []),
     ]  # fmt: skip
     return args
 
