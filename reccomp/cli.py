@@ -6,6 +6,7 @@
     reccomp data info (--config configs/X.yaml | PREPARED_DIR)
     reccomp bench --config configs/bench/NAME.yaml [--output DIR] [--data.root DIR] [--quick]
     reccomp bench report results/NAME
+    reccomp compress --ckpt CKPT --method svd --budget 0.25 [--finetune-epochs N]
 
 Training runs go through LightningCLI: every key of the YAML can be overridden on the
 command line, a wrong key or type fails before training and names it. Each run prints its
@@ -161,6 +162,14 @@ class RecCLI(LightningCLI):
         print(Path(self.trainer.log_dir or "."))
 
     def before_fit(self) -> None:
+        if getattr(self.model.embeddings, "post_training", False):
+            m = self.model.spec.method
+            print(
+                f"error: {m} is a post-training method: train a model (e.g. method full), then "
+                f"reccomp compress --ckpt CKPT --method {m} --budget B [--finetune-epochs N]",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
         mem = self.model.embedding_memory() if hasattr(self.model, "embedding_memory") else {}
         if mem:
             print(
@@ -202,6 +211,10 @@ def main(argv: list[str] | None = None) -> None:
         from reccomp.data.cli import data_main
 
         sys.exit(data_main(argv[1:]))
+    if argv and argv[0] == "compress":
+        from reccomp.compress.cli import compress_main
+
+        sys.exit(compress_main(argv[1:]))
     if argv and argv[0] == "bench":
         from reccomp.bench.cli import bench_main
 

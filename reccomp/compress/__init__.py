@@ -11,7 +11,9 @@ from reccomp.compress import (  # noqa: F401  (registration side effects)
     graph_hash,
     hash,
     low_rank,
+    maestro,
     qr,
+    svd,
 )
 from reccomp.compress.base import BudgetError, TableMethod
 from reccomp.compress.collection import (

@@ -74,6 +74,24 @@ def field_seed(field: str, salt: int = 0) -> int:
     return h
 
 
+@dataclass
+class TrainedTable:
+    """One field of a trained collection, the input of a post-training transform.
+
+    Args:
+        module: the trained collection's per-field module (its method and options).
+        weights: its storage tables' rows, in ``module.tables()`` order, each (rows, width).
+        dense: (num_embeddings, dim) what the model sees for each id (each id looked up alone).
+        importance: (num_embeddings,) accumulated squared gradients of the training loss
+            per row (Fisher information), when the transform asked for them.
+    """
+
+    module: TableMethod
+    weights: list[torch.Tensor]
+    dense: torch.Tensor
+    importance: torch.Tensor | None = None
+
+
 class TableMethod(nn.Module):
     """Base of a method's per-field module.
 
@@ -88,6 +106,8 @@ class TableMethod(nn.Module):
     """
 
     needs_fit: bool = False  # True: fit() must see the training data before training
+    post_training: bool = False  # True: only built from a trained model (reccomp compress)
+    needs_importance: bool = False  # True: from_trained() wants per-row Fisher importance
 
     def __init__(
         self,
@@ -153,6 +173,18 @@ class TableMethod(nn.Module):
         for m in modules:
             m.fit(data)
 
+    def from_trained(self, src: TrainedTable) -> list[torch.Tensor]:
+        """Post-training transform: this method's storage rows (in :meth:`tables` order) from
+        a trained table, setting the method's own parameters (projections) on the way."""
+        raise ValueError(
+            f"{self.config.name} cannot be built from a trained table; "
+            "post-training methods: svd, fwsvd, maestro (truncation), full (copy)"
+        )
+
+    def penalty(self) -> torch.Tensor | None:
+        """A regularizer added to the training loss (None: none)."""
+        return None
+
     # -- lookup --------------------------------------------------------------------------------
     def remap(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """(N,) int64 ids -> (N,) int64 rows, one tensor per lookup of each storage table."""
@@ -196,6 +228,7 @@ __all__ = [
     "BudgetError",
     "TableMethod",
     "TableSpec",
+    "TrainedTable",
     "ceil_div",
     "field_seed",
     "hash_params",

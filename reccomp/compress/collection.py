@@ -46,7 +46,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
     each, as ``EmbeddingBagCollection`` would give.
     """
 
-    __jit_unused_properties__ = ["needs_fit"]  # noqa: RUF012  (TorchScript reads this name)
+    __jit_unused_properties__ = ["needs_fit", "post_training"]  # noqa: RUF012  (TorchScript reads this name)
 
     def __init__(
         self,
@@ -213,6 +213,20 @@ class CompressedEmbeddingBagCollection(nn.Module):
         if len(outs) == 1:
             return KeyedTensor(keys=self._keys, length_per_key=self._dims, values=outs[0])
         return KeyedTensor(keys=self._keys, length_per_key=self._dims, values=torch.cat(outs, 1))
+
+    def penalty(self) -> torch.Tensor | None:
+        """The methods' regularizers, summed (None when no method has one)."""
+        out: torch.Tensor | None = None
+        for m in self.tables:
+            p = m.penalty()
+            if p is not None:
+                out = p if out is None else out + p
+        return out
+
+    @property
+    def post_training(self) -> bool:
+        """Some table is built only from a trained model (``reccomp compress``)."""
+        return any(m.post_training for m in self.tables)
 
     # -- memory --------------------------------------------------------------------------------
     def memory_by_table(self) -> dict[str, int]:

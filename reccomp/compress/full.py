@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from reccomp.compress.base import BYTES_PER_VALUE, BudgetError, TableMethod, in_range
+from reccomp.compress.base import (
+    BYTES_PER_VALUE,
+    BudgetError,
+    TableMethod,
+    TrainedTable,
+    in_range,
+)
 from reccomp.compress.registry import MethodConfig, register
 
 
@@ -42,6 +48,9 @@ class FullTable(TableMethod):
 
     def decode(self, pooled: list[torch.Tensor]) -> torch.Tensor:
         return pooled[0]
+
+    def from_trained(self, src: TrainedTable) -> list[torch.Tensor]:
+        return [src.dense]  # tables left uncompressed keep their trained rows
 
 
 FullConfig.module = FullTable

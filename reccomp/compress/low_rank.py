@@ -18,7 +18,14 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from reccomp.compress.base import BYTES_PER_VALUE, BudgetError, TableMethod, TableSpec, in_range
+from reccomp.compress.base import (
+    BYTES_PER_VALUE,
+    BudgetError,
+    TableMethod,
+    TableSpec,
+    TrainedTable,
+    in_range,
+)
 from reccomp.compress.registry import MethodConfig, register
 
 
@@ -38,7 +45,7 @@ class LowRankConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.rank is not None and (self.rank < 4 or self.rank % 4):
-            raise ValueError(f"low_rank: rank must be a multiple of 4 (FBGEMM), got {self.rank}")
+            raise ValueError(f"{self.name}: rank must be a multiple of 4 (FBGEMM), got {self.rank}")
 
 
 def _bytes(n: int, dim: int, r: int) -> int:
@@ -54,7 +61,7 @@ class LowRankTable(TableMethod):
         super().__init__(field, num_embeddings, dim, config, **kw)
         self.rank = int(config.rank)  # type: ignore[arg-type]
         if self.rank >= dim:
-            raise ValueError(f"low_rank: rank {self.rank} must be below dim {dim}")
+            raise ValueError(f"{config.name}: rank {self.rank} must be below dim {dim}")
         self.rows = [num_embeddings]
         g = torch.Generator().manual_seed(self.seed)
         # B ~ N(0, 1/r): rows of A B keep the scale of the rows of A
@@ -79,7 +86,7 @@ class LowRankTable(TableMethod):
         r = (budget_bytes // BYTES_PER_VALUE) // (num_embeddings + dim) // 4 * 4
         r = min(r, dim - 4)
         if r < 4:
-            raise BudgetError("low_rank needs rank >= 4 (FBGEMM widths)")
+            raise BudgetError(f"{config.name} needs rank >= 4 (FBGEMM widths)")
         return dataclasses.replace(config, rank=int(r))
 
     def remap(self, ids: torch.Tensor) -> list[torch.Tensor]:
@@ -87,6 +94,42 @@ class LowRankTable(TableMethod):
 
     def decode(self, pooled: list[torch.Tensor]) -> torch.Tensor:
         return pooled[0] @ self.proj  # (..., r) @ (r, dim)
+
+    def from_trained(self, src: TrainedTable) -> list[torch.Tensor]:
+        """The best rank-r approximation of the trained table (truncated SVD)."""
+        a, b = truncated_svd(src.dense, self.rank)
+        with torch.no_grad():
+            self.proj.copy_(b)
+        return [a]
+
+
+def truncated_svd(
+    w: torch.Tensor, rank: int, row_weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A`` (n, rank) and ``B`` (rank, d) with ``A B`` the best rank-``rank`` approximation
+    of ``w`` (n, d) in the (row-weighted) Frobenius norm.
+
+    With ``row_weight`` (n,) >= 0 the error of row i counts ``row_weight[i]`` times
+    (Hsu et al., 2022): SVD of ``diag(sqrt(rw)) w``, then the rows of ``A`` scaled back.
+    Rows of weight 0 get a small floor so they are still approximated.
+
+    >>> a, b = truncated_svd(torch.eye(4)[:, :4], 2)
+    >>> a.shape, b.shape
+    (torch.Size([4, 2]), torch.Size([2, 4]))
+    """
+    x = w.detach().double()
+    scale = None
+    if row_weight is not None:
+        scale = row_weight.detach().double().clamp_min(0).sqrt()  # (n,)
+        pos = scale[scale > 0]
+        floor = 1e-3 * (float(pos.mean()) if len(pos) else 1.0)
+        scale = scale + floor
+        x = x * scale[:, None]
+    u, s, vt = torch.linalg.svd(x, full_matrices=False)  # (n, d), (d,), (d, d)
+    a = u[:, :rank] * s[:rank]  # (n, r)
+    if scale is not None:
+        a = a / scale[:, None]
+    return a.float().contiguous(), vt[:rank].float().contiguous()
 
 
 LowRankConfig.module = LowRankTable

@@ -136,6 +136,15 @@ class RecTask(pl.LightningModule):
             dense = [nn.Parameter(torch.zeros(1))]
         return self.optimizer_factory(dense)
 
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        # a method's regularizer (e.g. maestro's group lasso) joins every task's loss here
+        fn = getattr(self.embeddings, "penalty", None)
+        penalty = fn() if callable(fn) else None
+        if penalty is not None:
+            self.log("train/penalty", penalty.detach(), on_step=True, on_epoch=False)
+            loss = loss + penalty
+        super().backward(loss, *args, **kwargs)
+
     def configure_callbacks(self) -> list[Callback]:
         cbs: list[Callback] = []
         trainer = self._trainer

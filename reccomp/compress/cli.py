@@ -1,0 +1,148 @@
+"""``reccomp compress``: a trained checkpoint -> a compressed one, evaluated (and fine-tuned).
+
+    reccomp compress --ckpt runs/X/version_0/checkpoints/best-3.ckpt --method svd --budget 0.25
+        [--options '{rank: 16}'] [--finetune-epochs N] [--output DIR] [--data.root DIR]
+
+The run's ``config.yaml`` (beside ``checkpoints/``) rebuilds the task and data; the method's
+:meth:`~reccomp.compress.base.TableMethod.from_trained` builds the new tables (``svd``,
+``fwsvd``: factorize; ``maestro``: truncate a Maestro model; ``full``: copy); the result is
+validated and tested, optionally fine-tuned, and written to ``--output`` (default
+``<run>/compressed/<method>-b<budget>``): ``config.yaml`` (the resolved config, now naming the
+compressed method), ``checkpoints/compressed.ckpt`` and ``metrics.json``. Reload it with
+``reccomp test --config OUT/config.yaml --ckpt_path OUT/checkpoints/compressed.ckpt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reccomp compress", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True, help="checkpoint of a reccomp fit run")
+    p.add_argument("--method", required=True, help="target method (svd, fwsvd, maestro, ...)")
+    p.add_argument("--budget", type=float, default=None, help="fraction (<= 1) or bytes")
+    p.add_argument("--options", default=None, help="the method's options, YAML")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune after compressing")
+    p.add_argument("--output", default=None, help="output directory")
+    p.add_argument("--data.root", dest="data_root", default=None, help="override data root")
+    p.add_argument("--config", default=None, help="the run's config (default: beside ckpt)")
+    return p
+
+
+def _run_config(ckpt: Path, config: str | None) -> tuple[dict[str, Any], Path]:
+    if config is not None:
+        return yaml.safe_load(Path(config).read_text()), Path(config).parent
+    for d in (ckpt.parent, ckpt.parent.parent):
+        if (d / "config.yaml").exists():
+            return yaml.safe_load((d / "config.yaml").read_text()), d
+    raise FileNotFoundError(f"no config.yaml beside {ckpt} (give --config)")
+
+
+def _swap(task: Any, module: torch.nn.Module) -> None:
+    task.embeddings = module
+    task.model.embeddings = module
+
+
+def compress_main(argv: list[str]) -> int:
+    from reccomp.cli import RecCLI
+    from reccomp.compress.transform import compress_collection, needs_importance, row_importance
+    from reccomp.data.datamodule import RecDataModule
+    from reccomp.tasks.base import RecTask
+
+    a = _parser().parse_args(argv)
+    ckpt = Path(a.ckpt)
+    if not ckpt.exists():
+        print(f"error: no checkpoint {ckpt}", file=sys.stderr)
+        return 2
+    cfg, run_dir = _run_config(ckpt, a.config)
+    options = yaml.safe_load(a.options) if a.options else {}
+    out = Path(a.output) if a.output else run_dir / "compressed" / f"{a.method}-b{a.budget:g}"
+    for k in ("ckpt_path", "weights_only"):
+        cfg.pop(k, None)
+    if a.data_root:
+        cfg["data"]["root"] = a.data_root
+    cfg["trainer"]["max_epochs"] = max(a.finetune_epochs, 1)
+    cfg["trainer"]["logger"] = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(out), "name": "", "version": ""},
+    }
+    sys.argv = sys.argv[:1]  # LightningCLI takes ``args`` only; it warns about other argv
+    cli = RecCLI(RecTask, RecDataModule, subclass_mode_model=True, run=False, args=cfg,
+                 auto_configure_optimizers=False, save_config_callback=None,
+                 trainer_defaults={"num_sanity_val_steps": 0, "inference_mode": False,
+                                   "enable_progress_bar": False})  # fmt: skip
+    task, dm, trainer = cli.model, cli.datamodule, cli.trainer
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    task.load_state_dict(state)
+    source = task.embeddings
+    try:
+        spec = dataclasses.replace(task.spec, method=a.method, budget=a.budget, options=options)
+        importance = None
+        t0 = time.perf_counter()
+        if needs_importance(task.schema, spec):
+            dm.setup("fit")
+            batches = getattr(spec_config(spec), "importance_batches", None)
+            task.train()
+            task.log = lambda *x, **k: None  # type: ignore[method-assign]  (no loop to log to)
+            importance = row_importance(
+                source, lambda m: _swap(task, m), lambda b: task.training_step(b, 0),
+                dm.train_dataloader(), batches,
+            )  # fmt: skip
+            del task.log
+            print(f"Fisher importance from {batches or 'all'} training batches")
+        new = compress_collection(source, task.schema, spec, importance)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"Compressed to {a.method} in {time.perf_counter() - t0:.1f} s")
+    _swap(task, new)
+    task.spec = spec
+    task.hparams["embeddings"] = dataclasses.asdict(spec)
+    mem = task.embedding_memory()
+    print(f"Embeddings: {a.method}, {mem['embeddings/bytes'] / 2**20:.2f} MiB "
+          f"({mem['embeddings/ratio']:.3f} of the full collection)")  # fmt: skip
+    metrics: dict[str, Any] = {"source_checkpoint": str(ckpt), "finetune_epochs": a.finetune_epochs}
+    if a.finetune_epochs > 0:
+        trainer.validate(task, datamodule=dm, verbose=False)
+        metrics.update({f"before_finetune/{k}": float(v) for k, v in
+                        trainer.callback_metrics.items() if k.startswith("val/")})  # fmt: skip
+        trainer.fit(task, datamodule=dm)
+    best = "best" if a.finetune_epochs > 0 and trainer.checkpoint_callback else None
+    trainer.validate(task, datamodule=dm, verbose=False, ckpt_path=best)
+    metrics.update(_metrics(trainer))
+    trainer.test(task, datamodule=dm, ckpt_path=best)
+    metrics.update(_metrics(trainer))
+    metrics.update({"embeddings/method": a.method, "embeddings/budget": a.budget,
+                    "embeddings/tables": task.embedding_report()})  # fmt: skip
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(out / "checkpoints" / "compressed.ckpt")
+    emb = cfg["model"]["init_args"]["embeddings"]
+    emb.update({"method": a.method, "budget": a.budget, "options": options})
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    print(out)
+    return 0
+
+
+def spec_config(spec: Any) -> Any:
+    from reccomp.compress import make_config
+
+    return make_config(spec.method, spec.options)
+
+
+def _metrics(trainer: Any) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith(("val/", "test/", "embeddings/"))
+    }

@@ -1,0 +1,99 @@
+"""``maestro``: low-rank embeddings trained with ordered dropout, truncatable after training.
+
+Maestro (Horvath et al., "Maestro: Uncovering Low-Rank Structures via Trainable
+Decomposition", ICML 2024) trains ``E = A B`` while each sample keeps only a random prefix
+of the ranks (ordered dropout): the first ranks learn to carry the most, so after one
+training run ``A[:, :k] B[:k]`` is a good model for every k. ``reccomp compress --method
+maestro --budget b`` truncates a trained model to the rank that budget allows, without
+retraining.
+
+``A`` is an ordinary TorchRec table trained by FBGEMM's fused optimizer, so the optional
+hierarchical group lasso acts on the rank rows of the projection ``B`` only (the fused
+optimizer updates ``A`` without a loss term on its weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reccomp.compress.base import TrainedTable
+from reccomp.compress.low_rank import LowRankConfig, LowRankTable, truncated_svd
+from reccomp.compress.registry import register
+
+
+@register("maestro")
+@dataclass
+class MaestroConfig(LowRankConfig):
+    """Ordered-dropout low rank (Horvath et al., ICML 2024).
+
+    Args:
+        rank: trained rank ``r`` (multiple of 4 below dim); ``None`` = what the budget allows.
+        keep_full: probability that a sample keeps all ranks; the others keep a prefix of
+            ``4 k`` ranks, k uniform in ``1..r/4`` (prefixes in FBGEMM's width steps, the
+            ranks a truncation can keep).
+        group_lasso: weight of the hierarchical group lasso ``sum_k ||B[k:]||_F`` that
+            drives trailing ranks to zero (0 = off).
+    """
+
+    keep_full: float = 0.0
+    group_lasso: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.keep_full <= 1.0:
+            raise ValueError(f"maestro: keep_full must be in [0, 1], got {self.keep_full}")
+        if self.group_lasso < 0:
+            raise ValueError(f"maestro: group_lasso must be >= 0, got {self.group_lasso}")
+
+
+class MaestroTable(LowRankTable):
+    """:class:`LowRankTable` whose decode masks trailing ranks per sample while training."""
+
+    def __init__(self, field: str, num_embeddings: int, dim: int, config: MaestroConfig, **kw):
+        super().__init__(field, num_embeddings, dim, config, **kw)
+        self.keep_full = float(config.keep_full)  # plain floats: TorchScript reads these
+        self.group_lasso = float(config.group_lasso)
+
+    def decode(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        x = pooled[0]  # (..., r)
+        if self.training:
+            shape = list(x.shape[:-1]) + [1]  # noqa: RUF005  (TorchScript has no [*x, 1])
+            keep = torch.randint(1, self.rank // 4 + 1, shape, device=x.device) * 4  # (..., 1)
+            if self.keep_full > 0:
+                full = torch.rand(shape, device=x.device) < self.keep_full
+                keep = torch.where(full, torch.full_like(keep, self.rank), keep)
+            ranks = torch.arange(self.rank, device=x.device)
+            x = x * (ranks < keep).to(x.dtype)  # (..., r)
+        return x @ self.proj  # (..., r) @ (r, dim)
+
+    def penalty(self) -> torch.Tensor | None:
+        lam = self.group_lasso
+        if lam == 0:
+            return None
+        # ||B[k:]||_F for every k: a reversed cumulative sum of squared row norms
+        tail = self.proj.pow(2).sum(1).flip(0).cumsum(0).flip(0)  # (r,)
+        return lam * tail.clamp_min(1e-12).sqrt().sum()
+
+    def from_trained(self, src: TrainedTable) -> list[torch.Tensor]:
+        """Truncation: from a trained Maestro table keep its ``r`` most important ranks
+        (importance ``||A[:, k]|| ||B[k]||``; ordered dropout makes them the leading ones),
+        from any other table the truncated SVD."""
+        if isinstance(src.module, MaestroTable) and src.module.rank >= self.rank:
+            a, b = src.weights[0], src.module.proj.detach()  # (n, R), (R, d)
+            keep = rank_importance(a, b).argsort(descending=True)[: self.rank].sort().values
+            a, b = a[:, keep], b[keep]
+        else:
+            a, b = truncated_svd(src.dense, self.rank)
+        with torch.no_grad():
+            self.proj.copy_(b)
+        return [a.contiguous()]
+
+
+def rank_importance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(r,) importance of each rank of ``A`` (n, r) ``B`` (r, d): ``||A[:, k]|| ||B[k]||``."""
+    return a.float().norm(dim=0) * b.float().norm(dim=1)
+
+
+MaestroConfig.module = MaestroTable
