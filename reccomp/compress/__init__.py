@@ -12,6 +12,7 @@ from reccomp.compress import (  # noqa: F401  (registration side effects)
     hash,
     low_rank,
     maestro,
+    mixed_dim,
     qr,
     svd,
 )

@@ -139,6 +139,11 @@ class TableMethod(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def budget_weight(cls, num_embeddings: int, dim: int, config: MethodConfig) -> float:
+        """This table's weight when a budget is shared among tables (default: its full size)."""
+        return float(num_embeddings * dim * BYTES_PER_VALUE)
+
+    @classmethod
     def fit_budget(
         cls, num_embeddings: int, dim: int, config: MethodConfig, budget_bytes: int
     ) -> MethodConfig:
@@ -159,8 +164,9 @@ class TableMethod(nn.Module):
     def memory_bytes(self) -> int:
         return self.map_bytes() + sum(t.rows * t.width * BYTES_PER_VALUE for t in self.tables())
 
-    def resize(self, rows: list[int]) -> None:
-        """Set storage rows (a checkpoint of a data-sized table restores them this way)."""
+    def resize(self, rows: list[int], widths: list[int] | None = None) -> None:
+        """Set storage rows (and widths, for methods whose data decides them): a checkpoint
+        of a data-sized table restores them this way."""
         self.rows = list(rows)
 
     # -- data ----------------------------------------------------------------------------------
@@ -189,6 +195,15 @@ class TableMethod(nn.Module):
     def remap(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """(N,) int64 ids -> (N,) int64 rows, one tensor per lookup of each storage table."""
         raise NotImplementedError
+
+    def remap_jagged(
+        self, ids: torch.Tensor, lengths: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Jagged form of :meth:`remap`: (values, lengths) per lookup stream. Default: every
+        id looked up in every stream. Methods that send each id to *one* of several tables
+        (frequency blocks) override this and give each stream only its ids (bags of the
+        others' ids come out empty, i.e. zero)."""
+        return [(rows, lengths) for rows in self.remap(ids)]
 
     def decode_signature(self) -> tuple:
         """Fields with equal signatures decode as one stacked block (same code, same shapes)."""

@@ -66,7 +66,15 @@ def compress_main(argv: list[str]) -> int:
         return 2
     cfg, run_dir = _run_config(ckpt, a.config)
     options = yaml.safe_load(a.options) if a.options else {}
-    out = Path(a.output) if a.output else run_dir / "compressed" / f"{a.method}-b{a.budget:g}"
+    if a.budget is None and not options:
+        print("error: give --budget or the method's size in --options", file=sys.stderr)
+        return 2
+    size = (
+        f"b{a.budget:g}"
+        if a.budget is not None
+        else "-".join(f"{k}{v}" for k, v in options.items())
+    )
+    out = Path(a.output) if a.output else run_dir / "compressed" / f"{a.method}-{size}"
     for k in ("ckpt_path", "weights_only"):
         cfg.pop(k, None)
     if a.data_root:

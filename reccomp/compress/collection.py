@@ -84,7 +84,8 @@ class CompressedEmbeddingBagCollection(nn.Module):
 
         A group's rows are decoded together as one block. ``slot_major`` groups (one lookup
         per table) store lookup slot j of every field side by side, so the block is
-        (B, k, n, W) and each slot is one strided view; others are (B, n, k, W).
+        (B, k, n, W) and each slot is one strided view; others are (B, n, k, W). A field
+        whose storage tables differ in width (mixed dimensions) is a group of its own.
         """
         sig = [m.decode_signature() for m in self.tables]
         groups: list[list[int]] = []
@@ -97,8 +98,9 @@ class CompressedEmbeddingBagCollection(nn.Module):
         for g in groups:
             specs = self.tables[g[0]].tables()
             if len({t.width for t in specs}) != 1:
-                raise ValueError(f"{self.tables[g[0]].field}: storage tables must share a width")
-            out.append((g[0], len(g), all(t.lookups == 1 for t in specs)))
+                out += [(i, 1, False) for i in g]  # mixed widths: split, not reshaped
+            else:
+                out.append((g[0], len(g), all(t.lookups == 1 for t in specs)))
         return out
 
     def storage_configs(self) -> tuple[list[EmbeddingBagConfig], list[float]]:
@@ -149,12 +151,18 @@ class CompressedEmbeddingBagCollection(nn.Module):
         self._stream_order = [index[k] for k in self._storage_keys]
         self._group_size = [0] * len(self.tables)
         self._slot_major = [False] * len(self.tables)
+        # per field: are its lookups' widths mixed (split the block), and those widths
+        # (never empty lists: TorchScript infers the attribute's type from its elements)
+        self._mixed = [False] * len(self.tables)
+        self._widths = [[0] for _ in self.tables]
         cols = []
         for first, size, slot_major in self._groups():
             self._group_size[first] = size
             self._slot_major[first] = slot_major
-            width = self.tables[first].tables()[0].width
-            cols.append(size * self._lookups[first] * width)
+            widths = [t.width for t in self.tables[first].tables() for _ in range(t.lookups)]
+            self._widths[first] = widths
+            self._mixed[first] = len(set(widths)) > 1
+            cols.append(size * sum(widths))
         self._split_cols = cols
         # every field one identity lookup (full, hash, ...): storage output is the output
         self._passthrough = all(
@@ -183,8 +191,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
         stream_lengths: list[torch.Tensor] = []
         for i, m in enumerate(self.tables):
             jt = jts[self._keys[i]]
-            lens = jt.lengths()
-            for rows in m.remap(jt.values().long()):
+            for rows, lens in m.remap_jagged(jt.values().long(), jt.lengths()):
                 streams.append(rows)
                 stream_lengths.append(lens)
         values = [streams[j] for j in self._stream_order]
@@ -204,7 +211,9 @@ class CompressedEmbeddingBagCollection(nn.Module):
             n = self._group_size[i]  # > 0: field i leads a group of n fields
             if n > 0:
                 k = self._lookups[i]
-                if self._slot_major[i]:
+                if self._mixed[i]:
+                    parts = list(torch.split(blocks[g], self._widths[i], dim=1))  # k x (B, W_j)
+                elif self._slot_major[i]:
                     parts = list(blocks[g].reshape(b, k, n, -1).unbind(1))  # k x (B, n, W)
                 else:
                     parts = list(blocks[g].reshape(b, n, k, -1).unbind(2))  # k x (B, n, W)
@@ -269,23 +278,29 @@ class CompressedEmbeddingBagCollection(nn.Module):
         for m in self.tables:
             if m.needs_fit:
                 groups.setdefault(type(m), []).append(m)
-        before = [list(m.rows) for m in self.tables]
+        before = self._shapes()
         for cls, mods in groups.items():
             cls.fit_group(mods, data)
-        if [list(m.rows) for m in self.tables] != before:
+        if self._shapes() != before:
             self._build_storage()
         self.fitted = True
         return self
 
     # -- checkpoints: data-sized tables are rebuilt before their weights load --------------------
+    def _shapes(self) -> tuple[list[list[int]], list[list[int]]]:
+        return [list(m.rows) for m in self.tables], [
+            [t.width for t in m.tables()] for m in self.tables
+        ]
+
     def get_extra_state(self) -> dict[str, Any]:
-        return {"rows": [list(m.rows) for m in self.tables], "fitted": self.fitted}
+        rows, widths = self._shapes()
+        return {"rows": rows, "widths": widths, "fitted": self.fitted}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        rows = state["rows"]
-        if rows != [list(m.rows) for m in self.tables]:
-            for m, r in zip(self.tables, rows, strict=False):
-                m.resize(r)
+        rows, widths = state["rows"], state.get("widths")
+        if (rows, widths or self._shapes()[1]) != self._shapes():
+            for i, m in enumerate(self.tables):
+                m.resize(rows[i], None if widths is None else widths[i])
             self._build_storage()
         self.fitted = bool(state["fitted"])
 

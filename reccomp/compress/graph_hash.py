@@ -205,8 +205,8 @@ class GraphHashTable(TableMethod):
         self.rows[0] = k
         self.map_ = torch.where(a >= 0, a, hashed).to(index_dtype(k)).to(self.map_.device)
 
-    def resize(self, rows: list[int]) -> None:
-        super().resize(rows)
+    def resize(self, rows: list[int], widths: list[int] | None = None) -> None:
+        super().resize(rows, widths)
         self.clusters = rows[0]
         if self.map_.dtype != index_dtype(self.clusters):  # checkpoint loads map_ next
             self.map_ = self.map_.to(index_dtype(self.clusters))

@@ -21,8 +21,8 @@ class TablePlan:
     multi_valued: bool = False
 
 
-def _split_budget(flex: list[tuple[int, int, int]], budget: int) -> list[int] | None:
-    """Budget shares (full bytes, min bytes, index) proportional to full size, each >= min."""
+def _split_budget(flex: list[tuple[float, int, int]], budget: int) -> list[int] | None:
+    """Budget shares from (weight, min bytes, index): proportional to weight, each >= min."""
     alloc = [0] * len(flex)
     pinned: set[int] = set()
     while True:
@@ -56,7 +56,8 @@ def plan_tables(schema: Schema, spec: Any) -> list[TablePlan]:
     take the method's ``fallback``; else ``spec.method``. The budget (a fraction of the full
     collection's bytes if <= 1, else bytes; ``None``: each method's size options, or 1/4 of
     each table) is shared among the tables without fixed sizes, in proportion to their full
-    size; each method then chooses its sizes to fit its share.
+    size (or the method's :meth:`~TableMethod.budget_weight`); each method then chooses its
+    sizes to fit its share.
 
     Raises:
         BudgetError: no setting reaches the budget (the message names the method and the
@@ -103,7 +104,7 @@ def plan_tables(schema: Schema, spec: Any) -> list[TablePlan]:
         split = (
             _split_budget(
                 [
-                    (p.num_embeddings * dim * BYTES_PER_VALUE, m, i)
+                    (type(p.config).module.budget_weight(p.num_embeddings, dim, p.config), m, i)
                     for i, (p, m) in enumerate(zip(flex, mins, strict=False))
                 ],
                 target - fixed_bytes,

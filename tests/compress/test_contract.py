@@ -108,12 +108,12 @@ def test_forward_equals_remap_lookup_decode(case: tuple[str, dict]) -> None:
     jts = kjt.to_dict()
     for m in coll.tables:
         ids, lens = jts[m.field].values().long(), jts[m.field].lengths()
-        seg = torch.repeat_interleave(torch.arange(8), lens.long())
         pooled = []
-        streams = iter(m.remap(ids))
+        streams = iter(m.remap_jagged(ids, lens))
         for t in m.tables():
             for _ in range(t.lookups):
-                rows = next(streams)
+                rows, rlens = next(streams)
+                seg = torch.repeat_interleave(torch.arange(8), rlens.long())
                 w = weights[f"{m.field}{t.suffix}"]
                 pooled.append(torch.zeros(8, t.width).index_add_(0, seg, w[rows]))
         torch.testing.assert_close(out[m.field], m.decode(pooled), rtol=1e-5, atol=1e-6)
@@ -121,7 +121,7 @@ def test_forward_equals_remap_lookup_decode(case: tuple[str, dict]) -> None:
 
 def test_gradients_reach_parameters(case: tuple[str, dict]) -> None:
     coll = build(*case)
-    kjt = batch()
+    kjt = batch(b=512)  # every storage table (small frequency blocks too) gets some ids
     # training module: FBGEMM applies the update to the storage tables inside backward;
     # a method's own dense parameters (projections) get ordinary gradients
     storage = list(coll.storage.parameters())

@@ -149,3 +149,22 @@ def test_ctr_graph_uses_clicked_rows() -> None:
     assert data.interactions()[0].tolist() == [2, 3, 4, 5]
     with pytest.raises(ValueError, match="edges must be"):
         make_config("graph_hash", {"edges": "clicks"})
+
+
+def test_mixed_dim_gives_popular_blocks_wider_rows_and_one_lookup_per_id() -> None:
+    coll = build("mixed_dim", {"blocks": 4, "temperature": 0.5}, budget=0.25)
+    user = coll.tables[0]
+    assert user.widths == sorted(user.widths, reverse=True) and user.widths[0] > user.widths[-1]
+    assert user.rows[0] < user.rows[-1]  # small head block, large tail
+    flat = build("mixed_dim", {"blocks": 4, "temperature": 0.0}, budget=0.25).tables[0]
+    assert len(set(flat.widths)) == 1
+    counts = fit_data().counts("user")
+    top = int(np.argmax(counts))
+    ids = torch.tensor([top, top, 5])
+    streams = user.remap_jagged(ids, torch.tensor([1, 2], dtype=torch.int32))
+    assert sum(len(v) for v, _ in streams) == 3  # each id in exactly one block
+    assert [int(x) for x in sum((lens for _, lens in streams), torch.zeros(2))] == [1, 2]
+    assert streams[0][1][0] == 1  # the most frequent id sits in the head block
+    # across tables, bigger tables get a smaller share of their full size (alpha > 0)
+    ratio = {m.field: m.memory_bytes() / (m.num_embeddings * 32 * 4) for m in coll.tables[:3]}
+    assert ratio["user"] < ratio["side"]

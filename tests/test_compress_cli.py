@@ -1,0 +1,90 @@
+"""``reccomp compress``: a trained checkpoint -> a compressed, evaluated, reloadable one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reccomp.cli import main, run_cli
+from tests.conftest import CONFIGS
+from tests.test_cli import write_tiny_ml1m
+
+QUIET = ["--trainer.enable_progress_bar", "false"]
+
+
+def _fit(tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
+    root = str(write_tiny_ml1m(tmp_path / "ml-1m"))
+    cfg = ["--config", str(CONFIGS / "ml-1m-deepfm-ctr.yaml"), "--data.root", root]
+    run_cli(["fit", *cfg, "--trainer.max_epochs", "1", "--model.embeddings.min_rows", "25",
+             *QUIET, *extra])  # fmt: skip
+    run_dir = tmp_path / capsys.readouterr().out.strip().splitlines()[-1]
+    return Path(json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"])
+
+
+@pytest.mark.parametrize("method", ["svd", "fwsvd"])
+def test_compress_evaluates_saves_and_reloads(
+    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ckpt = _fit(tmp_path, capsys)
+    out = tmp_path / "small"
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "--ckpt", str(ckpt), "--method", method, "--budget", "0.8",
+              "--finetune-epochs", "1", "--output", str(out)])  # fmt: skip
+    assert e.value.code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["embeddings/method"] == method
+    assert metrics["embeddings/ratio"] <= 0.8
+    assert {"test/auc", "val/auc", "before_finetune/val/auc"} <= set(metrics)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"]["init_args"]["embeddings"]["method"] == method
+    capsys.readouterr()
+    run_cli(["test", "--config", str(out / "config.yaml"), "--ckpt_path",
+             str(out / "checkpoints" / "compressed.ckpt"), *QUIET])  # fmt: skip
+    again = tmp_path / capsys.readouterr().out.strip().splitlines()[-1]
+    reloaded = json.loads((again / "metrics.json").read_text())
+    assert reloaded["test/auc"] == pytest.approx(metrics["test/auc"], abs=1e-6)
+    assert reloaded["embeddings/ratio"] == pytest.approx(metrics["embeddings/ratio"])
+
+
+def test_maestro_trains_then_truncates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ckpt = _fit(tmp_path, capsys, "--model.embeddings.method", "maestro",
+                "--model.embeddings.options", "{rank: 12, group_lasso: 0.001}")  # fmt: skip
+    ratios = []
+    for r in (8, 4):
+        out = tmp_path / f"r{r}"
+        with pytest.raises(SystemExit) as e:
+            main(["compress", "--ckpt", str(ckpt), "--method", "maestro",
+                  "--options", f"{{rank: {r}}}", "--output", str(out)])  # fmt: skip
+        assert e.value.code == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        ratios.append(metrics["embeddings/ratio"])
+        assert 0.5 < metrics["test/auc"] <= 1.0
+    assert ratios[1] < ratios[0]
+
+
+def test_fit_refuses_post_training_methods_and_compress_names_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    root = str(write_tiny_ml1m(tmp_path / "ml-1m"))
+    cfg = ["--config", str(CONFIGS / "ml-1m-deepfm-ctr.yaml"), "--data.root", root]
+    with pytest.raises(SystemExit):
+        run_cli(["fit", *cfg, "--model.embeddings.method", "svd", "--model.embeddings.min_rows",
+                 "25", "--model.embeddings.budget", "0.8"])  # fmt: skip
+    assert "post-training method" in capsys.readouterr().err
+    ckpt = _fit(tmp_path, capsys)
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "--ckpt", str(ckpt), "--method", "hash", "--budget", "0.8"])
+    assert e.value.code == 2
+    assert "cannot be built from a trained table" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "--ckpt", str(ckpt), "--method", "svd", "--budget", "0.00001"])
+    assert e.value.code == 2
+    assert "smallest reachable budget" in capsys.readouterr().err
