@@ -88,3 +88,32 @@ def test_fit_refuses_post_training_methods_and_compress_names_bad_input(
         main(["compress", "--ckpt", str(ckpt), "--method", "svd", "--budget", "0.00001"])
     assert e.value.code == 2
     assert "smallest reachable budget" in capsys.readouterr().err
+
+
+def test_dnis_searches_prunes_and_keeps_only_the_pruned_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    root = str(write_tiny_ml1m(tmp_path / "ml-1m"))
+    cfg = ["--config", str(CONFIGS / "ml-1m-deepfm-ctr.yaml"), "--data.root", root]
+    run_cli(["fit", *cfg, "--trainer.max_epochs", "3", "--model.embeddings.min_rows", "25",
+             "--model.embeddings.method", "dnis", "--model.embeddings.budget", "0.85",
+             "--model.embeddings.options", "{search_epochs: 1, blocks: 2}",
+             "--model.early_stopping_patience", "null", *QUIET])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Search done after epoch 0" in out and "widths" in out
+    run_dir = tmp_path / out.strip().splitlines()[-1]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["embeddings/ratio"] <= 0.85
+    searched = [t for t in metrics["embeddings/tables"] if t["method"] == "dnis"]
+    assert searched and all(t["phase"] == "pruned" for t in searched)
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    assert all(not n.startswith("best-0") for n in ckpts), ckpts  # no search-phase model kept
+    capsys.readouterr()
+    run_cli(["test", *cfg, "--model.embeddings.min_rows", "25", "--model.embeddings.method",
+             "dnis", "--model.embeddings.budget", "0.85", "--model.embeddings.options",
+             "{search_epochs: 1, blocks: 2}", "--ckpt_path", metrics["best_checkpoint"], *QUIET])  # fmt: skip
+    again = tmp_path / capsys.readouterr().out.strip().splitlines()[-1]
+    reloaded = json.loads((again / "metrics.json").read_text())
+    assert reloaded["test/auc"] == pytest.approx(metrics["test/auc"], abs=1e-6)
+    assert reloaded["embeddings/ratio"] == pytest.approx(metrics["embeddings/ratio"])

@@ -46,7 +46,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
     each, as ``EmbeddingBagCollection`` would give.
     """
 
-    __jit_unused_properties__ = ["needs_fit", "post_training"]  # noqa: RUF012  (TorchScript reads this name)
+    __jit_unused_properties__ = ["needs_fit", "post_training", "search_epochs", "searching"]  # noqa: RUF012  (TorchScript reads this name)
 
     def __init__(
         self,
@@ -75,6 +75,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
             ]
         )
         self._storage_factory = storage_factory
+        self.detach_storage = False  # True: looked-up rows carry no gradient (search steps)
         self.fitted = not self.needs_fit
         self._build_storage()
 
@@ -200,6 +201,8 @@ class CompressedEmbeddingBagCollection(nn.Module):
             keys=self._storage_keys, values=torch.cat(values), lengths=torch.cat(lengths)
         )
         pooled = self.storage(kjt).values()  # (B, sum of storage widths)
+        if self.detach_storage:
+            pooled = pooled.detach()
         if self._passthrough:
             return KeyedTensor(keys=self._keys, length_per_key=self._dims, values=pooled)
         b = pooled.shape[0]
@@ -287,6 +290,40 @@ class CompressedEmbeddingBagCollection(nn.Module):
         return self
 
     # -- checkpoints: data-sized tables are rebuilt before their weights load --------------------
+    # -- phases (multi-phase methods such as dnis: search, then prune) ------------------------
+    @property
+    def search_epochs(self) -> int:
+        """Epochs of the first phase of a multi-phase method (0: one phase)."""
+        return max([int(getattr(m, "search_epochs", 0)) for m in self.tables] + [0])
+
+    @property
+    def searching(self) -> bool:
+        return any(bool(getattr(m, "searching", False)) for m in self.tables)
+
+    def search_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained on validation batches in the search phase (not by the task)."""
+        return [p for m in self.tables for p in getattr(m, "search_parameters", list)()]
+
+    def advance_phase(self) -> list[dict[str, Any]]:
+        """End the search phase: each searching table prunes itself; storage is rebuilt with
+        the new widths and every table's trained rows (fused optimizer state starts anew)."""
+        from reccomp.compress.transform import storage_weights
+
+        old = {k: v.detach().clone() for k, v in storage_weights(self).items()}
+        new: dict[str, torch.Tensor] = {}
+        for m in self.tables:
+            if getattr(m, "searching", False):
+                names = [f"{m.field}{t.suffix}" for t in m.tables()]
+                rows = m.advance([old[n] for n in names])
+                new.update(
+                    {f"{m.field}{t.suffix}": w for t, w in zip(m.tables(), rows, strict=True)}
+                )
+        self._build_storage()
+        with torch.no_grad():
+            for name, w in storage_weights(self).items():
+                w.copy_(new.get(name, old.get(name, w)).to(w.device))
+        return self.describe()
+
     def _shapes(self) -> tuple[list[list[int]], list[list[int]]]:
         return [list(m.rows) for m in self.tables], [
             [t.width for t in m.tables()] for m in self.tables
@@ -294,13 +331,18 @@ class CompressedEmbeddingBagCollection(nn.Module):
 
     def get_extra_state(self) -> dict[str, Any]:
         rows, widths = self._shapes()
-        return {"rows": rows, "widths": widths, "fitted": self.fitted}
+        phases = [str(getattr(m, "phase", "")) for m in self.tables]
+        return {"rows": rows, "widths": widths, "phases": phases, "fitted": self.fitted}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         rows, widths = state["rows"], state.get("widths")
-        if (rows, widths or self._shapes()[1]) != self._shapes():
-            for i, m in enumerate(self.tables):
-                m.resize(rows[i], None if widths is None else widths[i])
+        phases = state.get("phases") or [""] * len(self.tables)
+        before = self._shapes()
+        for i, m in enumerate(self.tables):
+            if phases[i] and widths is not None and hasattr(m, "set_phase"):
+                m.set_phase(phases[i], widths[i])
+            m.resize(rows[i], None if widths is None else widths[i])
+        if self._shapes() != before:
             self._build_storage()
         self.fitted = bool(state["fitted"])
 

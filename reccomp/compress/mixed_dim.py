@@ -163,6 +163,15 @@ class MixedDimTable(TableMethod):
 
     # -- data -------------------------------------------------------------------------------------
     def fit(self, data: Any) -> None:
+        probs = self._fit_order(data)
+        budget = int(self.config.target_bytes) - _fixed_bytes(self.num_embeddings, self.k)
+        widths = widths_for(self.rows, probs, self.dim, self.config.temperature, budget)
+        if widths is None:
+            raise BudgetError(f"mixed_dim: {self.field}: budget below the narrowest blocks")
+        self.resize(self.rows, widths)
+
+    def _fit_order(self, data: Any) -> np.ndarray:
+        """Put ids in frequency order (``pos_``); (k,) access probability of a block's row."""
         counts = np.asarray(data.counts(self.field), dtype=np.float64)
         order = np.lexsort((np.arange(len(counts)), -counts))  # ids by count desc, then id
         pos = np.empty(len(counts), dtype=np.int64)
@@ -173,12 +182,7 @@ class MixedDimTable(TableMethod):
             [counts[order[s : s + r]].sum() for s, r in zip(starts, self.rows, strict=True)]
         )
         share = (share + 1e-3) / (share.sum() + 1e-3 * self.k)  # unseen blocks stay > 0
-        probs = share / np.array(self.rows)  # (k,) access probability of a row in block b
-        budget = int(self.config.target_bytes) - _fixed_bytes(self.num_embeddings, self.k)
-        widths = widths_for(self.rows, probs, self.dim, self.config.temperature, budget)
-        if widths is None:
-            raise BudgetError(f"mixed_dim: {self.field}: budget below the narrowest blocks")
-        self.resize(self.rows, widths)
+        return share / np.array(self.rows)  # (k,) access probability of a row in block b
 
     def resize(self, rows: list[int], widths: list[int] | None = None) -> None:
         super().resize(rows, widths)

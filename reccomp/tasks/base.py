@@ -131,6 +131,9 @@ class RecTask(pl.LightningModule):
         # dense parameters, e.g. low_rank's projection, go to the dense optimizer)
         storage = getattr(self.embeddings, "storage", self.embeddings)
         sparse = {id(p) for p in storage.parameters()}
+        # a search phase's parameters train on validation batches (PhaseCallback)
+        search = getattr(self.embeddings, "search_parameters", None)
+        sparse |= {id(p) for p in (search() if callable(search) else [])}
         dense = [p for p in self.parameters() if id(p) not in sparse and p.requires_grad]
         if not dense:  # e.g. a model whose only parameters are embeddings
             dense = [nn.Parameter(torch.zeros(1))]
@@ -157,6 +160,10 @@ class RecTask(pl.LightningModule):
                     self.monitor, patience=self.early_stopping_patience, mode=self.monitor_mode
                 )
             )
+        if getattr(self.embeddings, "search_epochs", 0) > 0:
+            from reccomp.compress.phases import PhaseCallback
+
+            cbs.append(PhaseCallback())  # after EarlyStopping: it may undo its stop
         return cbs
 
     def _checkpoint(self) -> ModelCheckpoint:

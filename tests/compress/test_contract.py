@@ -59,7 +59,10 @@ def build(
         lr=0.05,
         **kw,
     )
-    return build_embeddings(SCHEMA, spec, data=fit_data())
+    coll = build_embeddings(SCHEMA, spec, data=fit_data())
+    if coll.search_epochs:  # multi-phase methods (dnis): the contract holds for the final form
+        coll.advance_phase()
+    return coll
 
 
 def batch(b: int = 16, seed: int = 0, lo: int = 0, hi: int | None = None) -> KeyedJaggedTensor:

@@ -168,3 +168,26 @@ def test_mixed_dim_gives_popular_blocks_wider_rows_and_one_lookup_per_id() -> No
     # across tables, bigger tables get a smaller share of their full size (alpha > 0)
     ratio = {m.field: m.memory_bytes() / (m.num_embeddings * 32 * 4) for m in coll.tables[:3]}
     assert ratio["user"] < ratio["side"]
+
+
+def test_dnis_prunes_to_the_dimensions_alpha_selects() -> None:
+    spec = EmbeddingSpec(method="dnis", budget=0.25, dim=32, min_rows=100, optimizer="sgd",
+                         options={"blocks": 2})  # fmt: skip
+    coll = build_embeddings(SCHEMA, spec, data=fit_data())
+    assert coll.searching and coll.search_epochs == 2
+    assert coll.memory_bytes() > 0.9 * coll.full_bytes()  # the search runs at full width
+    user = coll.tables[0]
+    with torch.no_grad():
+        user.alpha.zero_()
+        user.alpha[0, 8:16] = 1.0  # head block: dims 8..15 matter
+        user.alpha[1, 20:24] = 1.0  # tail block: dims 20..23
+    coll.advance_phase()
+    assert not coll.searching
+    assert coll.memory_bytes() <= 0.25 * coll.full_bytes()
+    assert user.widths[1] == 4  # the big tail block keeps only what it must
+    off = 0
+    for b, w in enumerate(user.widths):
+        kept = user.proj[off : off + w].abs().sum(0).nonzero().flatten().tolist()
+        off += w
+        assert set(kept) <= set(range(8, 16) if b == 0 else range(20, 24))
+        assert kept  # the selected dims survive, scaled by alpha
