@@ -64,12 +64,12 @@ class PhaseCallback(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         n = pl_module.embeddings.search_epochs
-        if pl_module.embeddings.searching and trainer.max_epochs is not None:
-            if 0 <= trainer.max_epochs <= n:
-                raise ValueError(
-                    f"the search phase takes {n} epochs: trainer.max_epochs must be larger "
-                    f"(got {trainer.max_epochs}) so the pruned model trains too"
-                )
+        last = trainer.max_epochs
+        if pl_module.embeddings.searching and last is not None and 0 <= last <= n:
+            raise ValueError(
+                f"the search phase takes {n} epochs: trainer.max_epochs must be larger "
+                f"(got {last}) so the pruned model trains too"
+            )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if pl_module.embeddings.searching:
