@@ -24,16 +24,22 @@ def _fit(tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> Pat
     return Path(json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"])
 
 
-@pytest.mark.parametrize("method", ["svd", "fwsvd"])
+@pytest.mark.parametrize(
+    ("method", "extra"), [("svd", []), ("fwsvd", []), ("afm", ["--dense-ratio", "0.25"])]
+)
 def test_compress_evaluates_saves_and_reloads(
-    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    method: str,
+    extra: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
     ckpt = _fit(tmp_path, capsys)
     out = tmp_path / "small"
     with pytest.raises(SystemExit) as e:
         main(["compress", "--ckpt", str(ckpt), "--method", method, "--budget", "0.8",
-              "--finetune-epochs", "1", "--output", str(out)])  # fmt: skip
+              "--finetune-epochs", "1", "--output", str(out), *extra])  # fmt: skip
     assert e.value.code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["embeddings/method"] == method
@@ -41,6 +47,9 @@ def test_compress_evaluates_saves_and_reloads(
     assert {"test/auc", "val/auc", "before_finetune/val/auc"} <= set(metrics)
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["model"]["init_args"]["embeddings"]["method"] == method
+    if extra:  # dense layers were factorized too: the config rebuilds their shape
+        assert cfg["model"]["init_args"]["low_rank_dense"] == metrics["dense/ranks"]
+        assert metrics["dense/bytes_after"] < metrics["dense/bytes_before"]
     capsys.readouterr()
     run_cli(["test", "--config", str(out / "config.yaml"), "--ckpt_path",
              str(out / "checkpoints" / "compressed.ckpt"), *QUIET])  # fmt: skip

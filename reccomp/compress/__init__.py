@@ -5,6 +5,7 @@ drop-in module and :mod:`.base` for what a method implements.
 """
 
 from reccomp.compress import (  # noqa: F401  (registration side effects)
+    afm,
     dnis,
     double_hash,
     frequency_hash,

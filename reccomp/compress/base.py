@@ -84,12 +84,14 @@ class TrainedTable:
         dense: (num_embeddings, dim) what the model sees for each id (each id looked up alone).
         importance: (num_embeddings,) accumulated squared gradients of the training loss
             per row (Fisher information), when the transform asked for them.
+        counts: (num_embeddings,) training frequency of each row, when asked for.
     """
 
     module: TableMethod
     weights: list[torch.Tensor]
     dense: torch.Tensor
     importance: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
 
 
 class TableMethod(nn.Module):
@@ -108,6 +110,7 @@ class TableMethod(nn.Module):
     needs_fit: bool = False  # True: fit() must see the training data before training
     post_training: bool = False  # True: only built from a trained model (reccomp compress)
     needs_importance: bool = False  # True: from_trained() wants per-row Fisher importance
+    needs_counts: bool = False  # True: from_trained() wants per-row training frequencies
 
     def __init__(
         self,

@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=None, help="fraction (<= 1) or bytes")
     p.add_argument("--options", default=None, help="the method's options, YAML")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune after compressing")
+    p.add_argument(
+        "--dense-ratio", type=float, default=None,
+        help="also replace dense layers by output-PCA pairs keeping this share of ranks (afm)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stat-batches", type=int, default=20, help="training batches for --dense-ratio"
+    )
     p.add_argument("--output", default=None, help="output directory")
     p.add_argument("--data.root", dest="data_root", default=None, help="override data root")
     p.add_argument("--config", default=None, help="the run's config (default: beside ckpt)")
@@ -55,7 +62,12 @@ def _swap(task: Any, module: torch.nn.Module) -> None:
 
 def compress_main(argv: list[str]) -> int:
     from reccomp.cli import RecCLI
-    from reccomp.compress.transform import compress_collection, needs_importance, row_importance
+    from reccomp.compress.transform import (
+        compress_collection,
+        needs_counts,
+        needs_importance,
+        row_importance,
+    )
     from reccomp.data.datamodule import RecDataModule
     from reccomp.tasks.base import RecTask
 
@@ -108,18 +120,49 @@ def compress_main(argv: list[str]) -> int:
             )  # fmt: skip
             del task.log
             print(f"Fisher importance from {batches or 'all'} training batches")
-        new = compress_collection(source, task.schema, spec, importance)
+        counts = None
+        if needs_counts(task.schema, spec):
+            from reccomp.compress.data import FitData
+
+            fit_data = FitData.from_schema(dm.schema)
+            counts = {
+                f.name: torch.as_tensor(fit_data.counts(f.name)).float() for f in task.schema.sparse
+            }
+        new = compress_collection(source, task.schema, spec, importance, counts=counts)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Compressed to {a.method} in {time.perf_counter() - t0:.1f} s")
     _swap(task, new)
     task.spec = spec
+    dense_report: dict[str, Any] = {}
+    if a.dense_ratio is not None:
+        from reccomp.compress.dense import pca_dense_layers
+
+        dm.setup("fit")
+        task.eval()
+
+        def run() -> None:
+            with torch.no_grad():
+                for i, b in enumerate(dm.train_dataloader()):
+                    if i >= a.stat_batches:
+                        break
+                    task(b.to(task.device))
+
+        dense_report = pca_dense_layers(task.model, run, a.dense_ratio, skip=task.embeddings)
+        task.train()
+        print(f"Dense layers: {dense_report['dense/bytes_before']} -> "
+              f"{dense_report['dense/bytes_after']} bytes, ranks {dense_report['dense/ranks']}")  # fmt: skip
+        task.hparams["low_rank_dense"] = dense_report["dense/ranks"]
     task.hparams["embeddings"] = dataclasses.asdict(spec)
     mem = task.embedding_memory()
     print(f"Embeddings: {a.method}, {mem['embeddings/bytes'] / 2**20:.2f} MiB "
           f"({mem['embeddings/ratio']:.3f} of the full collection)")  # fmt: skip
-    metrics: dict[str, Any] = {"source_checkpoint": str(ckpt), "finetune_epochs": a.finetune_epochs}
+    metrics: dict[str, Any] = {
+        "source_checkpoint": str(ckpt),
+        "finetune_epochs": a.finetune_epochs,
+        **dense_report,
+    }
     if a.finetune_epochs > 0:
         trainer.validate(task, datamodule=dm, verbose=False)
         metrics.update({f"before_finetune/{k}": float(v) for k, v in
@@ -136,6 +179,8 @@ def compress_main(argv: list[str]) -> int:
     trainer.save_checkpoint(out / "checkpoints" / "compressed.ckpt")
     emb = cfg["model"]["init_args"]["embeddings"]
     emb.update({"method": a.method, "budget": a.budget, "options": options})
+    if dense_report:
+        cfg["model"]["init_args"]["low_rank_dense"] = dense_report["dense/ranks"]
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     print(out)

@@ -61,7 +61,9 @@ def storage_weights(coll: CompressedEmbeddingBagCollection) -> dict[str, torch.T
 
 
 def trained_tables(
-    coll: CompressedEmbeddingBagCollection, importance: dict[str, torch.Tensor] | None = None
+    coll: CompressedEmbeddingBagCollection,
+    importance: dict[str, torch.Tensor] | None = None,
+    counts: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, TrainedTable]:
     """Every field of a trained collection as a :class:`TrainedTable`."""
     weights = storage_weights(coll)
@@ -69,7 +71,8 @@ def trained_tables(
     for m in coll.tables:
         w = [weights[f"{m.field}{t.suffix}"].detach().float().cpu() for t in m.tables()]
         imp = None if importance is None else importance.get(m.field)
-        out[m.field] = TrainedTable(m, w, materialize(coll, m.field), imp)
+        cnt = None if counts is None else counts.get(m.field)
+        out[m.field] = TrainedTable(m, w, materialize(coll, m.field), imp, cnt)
     return out
 
 
@@ -79,12 +82,15 @@ def compress_collection(
     spec: Any,
     importance: dict[str, torch.Tensor] | None = None,
     device: torch.device | None = None,
+    counts: dict[str, torch.Tensor] | None = None,
 ) -> CompressedEmbeddingBagCollection:
-    """A collection of ``spec.method`` at ``spec.budget`` built from the trained ``source``."""
+    """A collection of ``spec.method`` at ``spec.budget`` built from the trained ``source``
+    (``importance``: per-row Fisher information; ``counts``: per-row training frequencies,
+    for the methods that ask for them)."""
     target = build_collection(schema, spec, device)
     if target.needs_fit:
         raise ValueError(f"{spec.method} learns from the data: train it with reccomp fit")
-    src = trained_tables(source, importance)
+    src = trained_tables(source, importance, counts)
     weights = storage_weights(target)
     with torch.no_grad():
         for m in target.tables:
@@ -103,6 +109,12 @@ def needs_importance(schema: Schema, spec: Any) -> bool:
     """Whether the target method wants per-row Fisher importance."""
     target = build_collection(schema, spec, torch.device("cpu"))
     return any(m.needs_importance for m in target.tables)
+
+
+def needs_counts(schema: Schema, spec: Any) -> bool:
+    """Whether the target method wants per-row training frequencies."""
+    target = build_collection(schema, spec, torch.device("cpu"))
+    return any(m.needs_counts for m in target.tables)
 
 
 def row_importance(

@@ -54,6 +54,9 @@ class RecTask(pl.LightningModule):
             activations; costs a compilation of about 30 s at the start (and one per new
             batch shape). The embedding collection stays eager (FBGEMM kernels).
         schema: the data schema, linked from the data module by the CLI.
+        low_rank_dense: linear layers of the model (paths) stored as two low-rank layers,
+            ``{path: rank}``; written by ``reccomp compress --dense-ratio`` so a compressed
+            checkpoint rebuilds from its config.
     """
 
     monitor: str = "val/loss"
@@ -67,6 +70,7 @@ class RecTask(pl.LightningModule):
         early_stopping_patience: int | None = None,
         schema: dict[str, Any] | None = None,
         compile: bool = False,
+        low_rank_dense: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         if type(self) is RecTask:
@@ -83,6 +87,10 @@ class RecTask(pl.LightningModule):
         self.early_stopping_patience = early_stopping_patience
         self.embeddings = build_embeddings(self.schema, embeddings)
         self.model = model(self.embeddings, self.schema.num_dense)
+        if low_rank_dense:
+            from reccomp.compress.dense import factorize_linears
+
+            factorize_linears(self.model, low_rank_dense)
         if compile:
             interact = getattr(self.model, "interact", None)
             if interact is None:

@@ -133,3 +133,37 @@ def test_methods_without_a_transform_say_so() -> None:
     src = build_embeddings(SCHEMA, spec("full"))
     with pytest.raises(ValueError, match="cannot be built from a trained table"):
         compress_collection(src, SCHEMA, spec("hash", budget=0.5))
+
+
+def test_afm_is_exact_on_the_directions_the_data_uses() -> None:
+    """Rows = mu + rank-4 offsets: afm at rank 4 rebuilds every row (the bias carries mu),
+    while unseen rows' own directions do not count (they have no frequency)."""
+    src = build_embeddings(SCHEMA, spec("full"))
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(DIM, generator=g) * 3
+    with torch.no_grad():
+        for w in storage_weights(src).values():
+            w.copy_(mu + torch.randn(len(w), 4, generator=g) @ torch.randn(4, DIM, generator=g))
+    counts = {"user": torch.ones(300), "item": torch.ones(200)}
+    small = compress_collection(src, SCHEMA, spec("afm", options={"rank": 4}), counts=counts)
+    for f in ("user", "item"):
+        torch.testing.assert_close(materialize(small, f), materialize(src, f), atol=1e-4, rtol=1e-3)
+    with pytest.raises(ValueError, match="frequencies"):
+        compress_collection(src, SCHEMA, spec("afm", options={"rank": 4}))
+
+
+def test_dense_pca_replaces_layers_that_shrink_and_rebuilds_from_ranks() -> None:
+    from reccomp.compress.dense import factorize_linears, pca_dense_layers
+
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    x = torch.randn(512, 4, generator=g) @ torch.randn(4, 32, generator=g)  # rank-4 inputs
+    want = model(x)
+    report = pca_dense_layers(model, lambda: model(x), ratio=0.25)
+    assert report["dense/ranks"] == {"0": 8}  # the 64 -> 1 layer would not shrink
+    assert report["dense/bytes_after"] < report["dense/bytes_before"]
+    torch.testing.assert_close(model(x), want, atol=1e-4, rtol=1e-3)  # outputs span rank 4
+    fresh = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    factorize_linears(fresh, report["dense/ranks"])
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh(x), model(x))
