@@ -20,7 +20,7 @@ def _bench_yaml(tmp_path: Path) -> Path:
     cfg = {
         "name": "tiny",
         "train_config": str(CONFIGS / "synthetic-movielens-mf.yaml"),
-        "methods": ["full", "hash", "qr"],
+        "methods": ["full", "hash", "qr", "svd"],
         "budgets": [0.5, 0.01],
         "seeds": [0],
         "metrics": ["test/rmse"],
@@ -55,6 +55,8 @@ def test_quick_grid_end_to_end(grid: Path) -> None:
         "hash-b0.01-s0",
         "qr-b0.5-s0",
         "qr-b0.01-s0",
+        "svd-b0.5-s0",
+        "svd-b0.01-s0",
     }
     ok = cells["hash-b0.5-s0"]
     assert ok["status"] == "ok"
@@ -67,6 +69,16 @@ def test_quick_grid_end_to_end(grid: Path) -> None:
         assert (grid / name).stat().st_size > 0
     # numbers in the table are the cells' numbers
     assert f"{ok['metrics']['test/rmse']:.4f}" in (grid / "table.md").read_text()
+
+
+def test_post_training_cells_compress_the_full_cells_checkpoint(grid: Path) -> None:
+    svd = json.loads((grid / "cells" / "svd-b0.5-s0.json").read_text())
+    assert svd["status"] == "ok", svd.get("error")
+    full = json.loads((grid / "cells" / "full-b1-s0.json").read_text())
+    assert svd["metrics"]["source_checkpoint"] == full["metrics"]["best_checkpoint"]
+    assert svd["metrics"]["embeddings/ratio"] <= 0.5 and "test/rmse" in svd["metrics"]
+    assert svd["metrics"]["finetune_epochs"] == 1  # --quick fine-tunes one (short) epoch
+    assert set(svd["latency_ms"]) == {"1", "1024"}
 
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(grid: Path) -> None:
@@ -96,7 +108,7 @@ def test_rerun_finishes_only_missing_cells(grid: Path, capsys: pytest.CaptureFix
     path.write_text(yaml.safe_dump(cfg))
     _run(["--config", str(path), "--output", str(grid)])
     out = capsys.readouterr().out
-    assert f"{ok - 1} of 5 cells already finished" in out  # failed cells are retried too
+    assert f"{ok - 1} of 7 cells already finished" in out  # failed cells are retried too
     new = json.loads((grid / "cells" / "hash-b0.5-s0.json").read_text())
     assert new["metrics"]["test/rmse"] == old["metrics"]["test/rmse"]  # same seed, same result
     assert (grid / "table.md").read_text() == before

@@ -1,6 +1,7 @@
 """One bench cell, run in its own process: ``reccomp fit``, then CPU inference latency.
 
     python -m reccomp.bench.cell OUT.json -- fit --config ... (reccomp fit arguments)
+    python -m reccomp.bench.cell OUT.json -- compress --ckpt ... (post-training methods)
 
 Writes ``OUT.json`` (atomically, last) with the run's metrics, memory, training speed,
 latency per batch of 1 and 1024, parameter count, resolved config and versions.
@@ -51,11 +52,18 @@ def latency_ms(task: Any, dm: Any, batch_size: int, reps: int = 20) -> float:
 
 
 def run_cell(out: Path, fit_args: list[str]) -> dict[str, Any]:
-    from reccomp.cli import run_cli
+    """``fit_args``: ``fit ...`` (train), or ``compress ...`` (a post-training method built
+    from another cell's checkpoint)."""
+    if fit_args[:1] == ["compress"]:
+        from reccomp.compress.cli import compress_run
 
-    cli = run_cli(fit_args)
-    trainer, task, dm = cli.trainer, cli.model, cli.datamodule
-    run_dir = Path(trainer.log_dir or ".")
+        task, dm, run_dir = compress_run(fit_args[1:])
+    else:
+        from reccomp.cli import run_cli
+
+        cli = run_cli(fit_args)
+        task, dm = cli.model, cli.datamodule
+        run_dir = Path(cli.trainer.log_dir or ".")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     result = {
         "status": "ok",
@@ -76,7 +84,13 @@ def main(argv: list[str] | None = None) -> None:
     from reccomp.runtime import tune_malloc
 
     tune_malloc()
-    result = run_cell(out, fit_args)
+    from reccomp.compress.cli import CompressError
+
+    try:
+        result = run_cell(out, fit_args)
+    except CompressError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
     os.replace(tmp, out)

@@ -51,6 +51,8 @@ class BenchConfig:
             ``{graph_hash: [--model.embeddings.options, '{fields: [C1, C2]}']}``.
         show: further metrics to carry into the results (e.g. ``test/oracle_auc``).
         quick_budgets: budgets of ``--quick``.
+        finetune_epochs: post-training methods (``svd``, ``fwsvd``, ``afm``) compress the
+            ``full`` cell's best checkpoint of the same seed, then fine-tune this many epochs.
     """
 
     name: str
@@ -65,6 +67,7 @@ class BenchConfig:
     method_overrides: dict[str, list[str]] = field(default_factory=dict)
     show: list[str] = field(default_factory=list)
     quick_budgets: list[float] = field(default_factory=lambda: [0.25])
+    finetune_epochs: int = 3
 
     def __post_init__(self) -> None:
         known = set(_all_methods())
@@ -95,17 +98,29 @@ class BenchConfig:
             lower_is_better=self.lower_is_better,
             overrides=[*self.overrides, *QUICK_OVERRIDES],
             method_overrides=self.method_overrides,
+            finetune_epochs=min(self.finetune_epochs, 1),
             show=self.show,
             quick_budgets=self.quick_budgets,
         )
 
     def cells(self) -> list[tuple[str, float, int]]:
-        """(method, budget, seed) of every cell; ``full`` only at budget 1."""
+        """(method, budget, seed) of every cell; ``full`` only at budget 1, and first (the
+        post-training methods start from its checkpoints)."""
         out = []
-        for m in self.methods:
+        methods = sorted(self.methods, key=lambda m: m != "full")
+        if any(post_training(m) for m in methods) and "full" not in methods:
+            raise ValueError("bench: post-training methods need the full method in the grid")
+        for m in methods:
             budgets = [1.0] if m == "full" else self.budgets
             out += [(m, float(b), s) for b in budgets for s in self.seeds]
         return out
+
+
+def post_training(method: str) -> bool:
+    """Whether ``method`` is built from a trained model (``reccomp compress``)."""
+    from reccomp.compress import METHODS
+
+    return bool(getattr(METHODS[method].module, "post_training", False))
 
 
 def cell_id(method: str, budget: float, seed: int) -> str:

@@ -21,7 +21,28 @@ from typing import Any
 
 from tqdm import tqdm
 
-from reccomp.bench.config import BenchConfig, cell_id
+from reccomp.bench.config import BenchConfig, cell_id, post_training
+
+
+def compress_args(cfg: BenchConfig, out: Path, method: str, budget: float, seed: int) -> list[str]:
+    """The ``reccomp compress`` arguments of a post-training cell: from the best checkpoint
+    of the ``full`` cell of the same seed."""
+    full = out / "cells" / f"{cell_id('full', 1.0, seed)}.json"
+    ckpt = (
+        json.loads(full.read_text()).get("metrics", {}).get("best_checkpoint")
+        if cell_done(full)
+        else None
+    )
+    if not ckpt:
+        raise ValueError(
+            f"{method} compresses a trained full model: cell {full.stem} did not finish"
+        )
+    args = ["compress", "--ckpt", ckpt, "--method", method, "--budget", repr(budget),
+            "--finetune-epochs", str(cfg.finetune_epochs),
+            "--output", str(out / "runs" / cell_id(method, budget, seed))]  # fmt: skip
+    if cfg.data_root:
+        args += ["--data.root", cfg.data_root]
+    return args
 
 
 def fit_args(cfg: BenchConfig, out: Path, method: str, budget: float, seed: int) -> list[str]:
@@ -72,10 +93,15 @@ def run_grid(cfg: BenchConfig, out: Path, force: bool = False) -> dict[str, int]
         cid = cell_id(method, budget, seed)
         bar.set_description(f"bench {cid}")
         path = out / "cells" / f"{cid}.json"
-        cmd = [sys.executable, "-m", "reccomp.bench.cell", str(path), "--",
-               *fit_args(cfg, out, method, budget, seed)]  # fmt: skip
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            make = compress_args if post_training(method) else fit_args
+            args = make(cfg, out, method, budget, seed)
+        except ValueError as e:
+            proc = subprocess.CompletedProcess([], 2, "", f"error: {e}")
+        else:
+            cmd = [sys.executable, "-m", "reccomp.bench.cell", str(path), "--", *args]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
         secs = time.perf_counter() - t0
         base = {"cell": cid, "method": method, "budget": budget, "seed": seed, "wall_seconds": secs}
         if proc.returncode == 0 and cell_done(path):

@@ -52,7 +52,7 @@ def _run_config(ckpt: Path, config: str | None) -> tuple[dict[str, Any], Path]:
     for d in (ckpt.parent, ckpt.parent.parent):
         if (d / "config.yaml").exists():
             return yaml.safe_load((d / "config.yaml").read_text()), d
-    raise FileNotFoundError(f"no config.yaml beside {ckpt} (give --config)")
+    raise CompressError(f"no config.yaml beside {ckpt} (give --config)")
 
 
 def _swap(task: Any, module: torch.nn.Module) -> None:
@@ -61,6 +61,22 @@ def _swap(task: Any, module: torch.nn.Module) -> None:
 
 
 def compress_main(argv: list[str]) -> int:
+    """``reccomp compress``: exit status 0, or 2 with the error on stderr."""
+    try:
+        compress_run(argv)
+    except CompressError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class CompressError(ValueError):
+    """Bad input to ``reccomp compress`` (reported without a traceback)."""
+
+
+def compress_run(argv: list[str]) -> tuple[Any, Any, Path]:
+    """Run ``reccomp compress``; returns the compressed task, its data module and the output
+    directory (the bench's post-training cells time the model from these)."""
     from reccomp.cli import RecCLI
     from reccomp.compress.transform import (
         compress_collection,
@@ -74,13 +90,11 @@ def compress_main(argv: list[str]) -> int:
     a = _parser().parse_args(argv)
     ckpt = Path(a.ckpt)
     if not ckpt.exists():
-        print(f"error: no checkpoint {ckpt}", file=sys.stderr)
-        return 2
+        raise CompressError(f"no checkpoint {ckpt}")
     cfg, run_dir = _run_config(ckpt, a.config)
     options = yaml.safe_load(a.options) if a.options else {}
     if a.budget is None and not options:
-        print("error: give --budget or the method's size in --options", file=sys.stderr)
-        return 2
+        raise CompressError("give --budget or the method's size in --options")
     size = (
         f"b{a.budget:g}"
         if a.budget is not None
@@ -130,8 +144,7 @@ def compress_main(argv: list[str]) -> int:
             }
         new = compress_collection(source, task.schema, spec, importance, counts=counts)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CompressError(str(e)) from None
     print(f"Compressed to {a.method} in {time.perf_counter() - t0:.1f} s")
     _swap(task, new)
     task.spec = spec
@@ -168,6 +181,7 @@ def compress_main(argv: list[str]) -> int:
         metrics.update({f"before_finetune/{k}": float(v) for k, v in
                         trainer.callback_metrics.items() if k.startswith("val/")})  # fmt: skip
         trainer.fit(task, datamodule=dm)
+        metrics.update(task.training_stats())
     best = "best" if a.finetune_epochs > 0 and trainer.checkpoint_callback else None
     trainer.validate(task, datamodule=dm, verbose=False, ckpt_path=best)
     metrics.update(_metrics(trainer))
@@ -184,7 +198,7 @@ def compress_main(argv: list[str]) -> int:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     print(out)
-    return 0
+    return task, dm, out
 
 
 def spec_config(spec: Any) -> Any:
