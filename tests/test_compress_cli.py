@@ -50,6 +50,7 @@ def test_compress_evaluates_saves_and_reloads(
     if extra:  # dense layers were factorized too: the config rebuilds their shape
         assert cfg["model"]["init_args"]["low_rank_dense"] == metrics["dense/ranks"]
         assert metrics["dense/bytes_after"] < metrics["dense/bytes_before"]
+        assert metrics["compressed/bytes"] > metrics["embeddings/bytes"]
     capsys.readouterr()
     run_cli(["test", "--config", str(out / "config.yaml"), "--ckpt_path",
              str(out / "checkpoints" / "compressed.ckpt"), *QUIET])  # fmt: skip

@@ -189,6 +189,11 @@ def compress_run(argv: list[str]) -> tuple[Any, Any, Path]:
     metrics.update(_metrics(trainer))
     metrics.update({"embeddings/method": a.method, "embeddings/budget": a.budget,
                     "embeddings/tables": task.embedding_report()})  # fmt: skip
+    if dense_report:  # afm's memory figure counts the dense layers it changed
+        used = metrics["embeddings/bytes"] + dense_report["dense/bytes_after"]
+        full = metrics["embeddings/bytes"] / metrics["embeddings/ratio"]
+        metrics["compressed/bytes"] = used
+        metrics["compressed/ratio"] = used / (full + dense_report["dense/bytes_before"])
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(out / "checkpoints" / "compressed.ckpt")
     emb = cfg["model"]["init_args"]["embeddings"]
