@@ -18,7 +18,6 @@ phases inside one ``reccomp fit`` (see :class:`reccomp.compress.phases.PhaseCall
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from reccomp.compress.base import BYTES_PER_VALUE, BudgetError
-from reccomp.compress.mixed_dim import MIN_WIDTH, MixedDimTable, _fixed_bytes, block_sizes
+from reccomp.compress.mixed_dim import MIN_WIDTH, MixedDimTable, id_map_bytes
 from reccomp.compress.registry import MethodConfig, register
 
 
@@ -49,7 +48,6 @@ class DNISConfig(MethodConfig):
     search_epochs: int = 2
     alpha_lr: float = 0.01
     target_bytes: int | None = None
-    temperature: ClassVar[float] = 0.0  # (mixed_dim's budget_weight reads it)
     size_options: ClassVar[tuple[str, ...]] = ("target_bytes",)
 
     def __post_init__(self) -> None:
@@ -115,7 +113,7 @@ class DNISTable(MixedDimTable):
     def advance(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
         """Prune: the kept columns of each block's rows (the projection is set here)."""
         alpha = self.alpha.detach().abs()  # (k, dim)
-        budget = int(self.config.target_bytes) - _fixed_bytes(self.num_embeddings, self.k)
+        budget = int(self.config.target_bytes) - id_map_bytes(self.num_embeddings, self.k)
         keep = prune_widths(alpha, self.rows, self.dim, budget)
         if keep is None:
             raise BudgetError(f"dnis: {self.field}: budget below the narrowest blocks")
@@ -148,19 +146,6 @@ class DNISTable(MixedDimTable):
     @classmethod
     def budget_weight(cls, num_embeddings: int, dim: int, config: MethodConfig) -> float:
         return float(num_embeddings * dim * BYTES_PER_VALUE)
-
-    @classmethod
-    def min_bytes(cls, num_embeddings: int, dim: int, config: MethodConfig) -> int:
-        rows = block_sizes(num_embeddings, config.blocks, config.growth)
-        return sum((r + dim) * MIN_WIDTH for r in rows) * BYTES_PER_VALUE + _fixed_bytes(
-            num_embeddings, len(rows)
-        )
-
-    @classmethod
-    def fit_budget(cls, num_embeddings, dim, config, budget_bytes):
-        if budget_bytes < cls.min_bytes(num_embeddings, dim, config):
-            raise BudgetError("dnis needs width >= 4 in every block")
-        return dataclasses.replace(config, target_bytes=int(budget_bytes))
 
     def resize(self, rows: list[int], widths: list[int] | None = None) -> None:
         self.rows = list(rows)  # widths follow the phase (set_phase)

@@ -73,7 +73,7 @@ def block_sizes(n: int, blocks: int, growth: float) -> list[int]:
     return [int(s) for s in sizes]
 
 
-def _fixed_bytes(n: int, k: int) -> int:
+def id_map_bytes(n: int, k: int) -> int:
     # pos_ (n,) id -> position in frequency order; starts_ (k,) int64
     return n * torch.empty((), dtype=index_dtype(n)).element_size() + 8 * k
 
@@ -146,7 +146,7 @@ class MixedDimTable(TableMethod):
     @classmethod
     def min_bytes(cls, num_embeddings: int, dim: int, config: MethodConfig) -> int:
         rows = block_sizes(num_embeddings, config.blocks, config.growth)
-        return table_bytes_for(rows, [MIN_WIDTH] * len(rows), dim) + _fixed_bytes(
+        return table_bytes_for(rows, [MIN_WIDTH] * len(rows), dim) + id_map_bytes(
             num_embeddings, len(rows)
         )
 
@@ -158,13 +158,13 @@ class MixedDimTable(TableMethod):
     @classmethod
     def fit_budget(cls, num_embeddings, dim, config, budget_bytes):
         if budget_bytes < cls.min_bytes(num_embeddings, dim, config):
-            raise BudgetError("mixed_dim needs width >= 4 in every block")
+            raise BudgetError(f"{config.name} needs width >= 4 in every block")
         return dataclasses.replace(config, target_bytes=int(budget_bytes))
 
     # -- data -------------------------------------------------------------------------------------
     def fit(self, data: Any) -> None:
         probs = self._fit_order(data)
-        budget = int(self.config.target_bytes) - _fixed_bytes(self.num_embeddings, self.k)
+        budget = int(self.config.target_bytes) - id_map_bytes(self.num_embeddings, self.k)
         widths = widths_for(self.rows, probs, self.dim, self.config.temperature, budget)
         if widths is None:
             raise BudgetError(f"mixed_dim: {self.field}: budget below the narrowest blocks")
