@@ -15,9 +15,14 @@ from tests.test_cli import write_tiny_ml1m
 QUIET = ["--trainer.enable_progress_bar", "false"]
 
 
-def _fit(tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
+def _tiny(tmp_path: Path) -> list[str]:
+    """DeepFM CTR on a tiny MovieLens-1M-format data set written under ``tmp_path``."""
     root = str(write_tiny_ml1m(tmp_path / "ml-1m"))
-    cfg = ["--config", str(CONFIGS / "ml-1m-deepfm-ctr.yaml"), "--data.root", root]
+    return ["--config", str(CONFIGS / "ml-1m-deepfm-ctr.yaml"), "--data.root", root]
+
+
+def _fit(tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
+    cfg = _tiny(tmp_path)
     run_cli(["fit", *cfg, "--trainer.max_epochs", "1", "--model.embeddings.min_rows", "25",
              *QUIET, *extra])  # fmt: skip
     run_dir = tmp_path / capsys.readouterr().out.strip().splitlines()[-1]
@@ -83,8 +88,7 @@ def test_fit_refuses_post_training_methods_and_compress_names_bad_input(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    root = str(write_tiny_ml1m(tmp_path / "ml-1m"))
-    cfg = ["--config", str(CONFIGS / "ml-1m-deepfm-ctr.yaml"), "--data.root", root]
+    cfg = _tiny(tmp_path)
     with pytest.raises(SystemExit):
         run_cli(["fit", *cfg, "--model.embeddings.method", "svd", "--model.embeddings.min_rows",
                  "25", "--model.embeddings.budget", "0.8"])  # fmt: skip
@@ -104,8 +108,7 @@ def test_dnis_searches_prunes_and_keeps_only_the_pruned_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    root = str(write_tiny_ml1m(tmp_path / "ml-1m"))
-    cfg = ["--config", str(CONFIGS / "ml-1m-deepfm-ctr.yaml"), "--data.root", root]
+    cfg = _tiny(tmp_path)
     run_cli(["fit", *cfg, "--trainer.max_epochs", "3", "--model.embeddings.min_rows", "25",
              "--model.embeddings.method", "dnis", "--model.embeddings.budget", "0.85",
              "--model.embeddings.options", "{search_epochs: 1, blocks: 2}",

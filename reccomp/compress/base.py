@@ -111,6 +111,11 @@ class TableMethod(nn.Module):
     post_training: bool = False  # True: only built from a trained model (reccomp compress)
     needs_importance: bool = False  # True: from_trained() wants per-row Fisher importance
     needs_counts: bool = False  # True: from_trained() wants per-row training frequencies
+    # multi-phase methods (dnis): a search phase of ``search_epochs`` epochs comes first
+    # (no annotations: TorchScript would resolve them as the type of dnis's instance values)
+    search_epochs = 0
+    searching = False
+    phase = ""  # saved in checkpoints; "" for one-phase methods
 
     def __init__(
         self,
@@ -189,6 +194,18 @@ class TableMethod(nn.Module):
             f"{self.config.name} cannot be built from a trained table; "
             "post-training methods: svd, fwsvd, maestro (truncation), full (copy)"
         )
+
+    # -- phases (see reccomp.compress.phases) ------------------------------------------------
+    def search_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained on validation batches during the search phase."""
+        return []
+
+    def advance(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+        """End the search: new storage rows from the searched ones (multi-phase methods)."""
+        raise NotImplementedError(f"{self.config.name} has a single phase")
+
+    def set_phase(self, phase: str, widths: list[int]) -> None:
+        """Restore a checkpoint's phase (shapes only; one-phase methods have nothing to do)."""
 
     def penalty(self) -> torch.Tensor | None:
         """A regularizer added to the training loss (None: none)."""

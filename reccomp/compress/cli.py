@@ -78,12 +78,7 @@ def compress_run(argv: list[str]) -> tuple[Any, Any, Path]:
     """Run ``reccomp compress``; returns the compressed task, its data module and the output
     directory (the bench's post-training cells time the model from these)."""
     from reccomp.cli import RecCLI
-    from reccomp.compress.transform import (
-        compress_collection,
-        needs_counts,
-        needs_importance,
-        row_importance,
-    )
+    from reccomp.compress.transform import compress_collection, needs, row_importance
     from reccomp.data.datamodule import RecDataModule
     from reccomp.tasks.base import RecTask
 
@@ -123,7 +118,7 @@ def compress_run(argv: list[str]) -> tuple[Any, Any, Path]:
         spec = dataclasses.replace(task.spec, method=a.method, budget=a.budget, options=options)
         importance = None
         t0 = time.perf_counter()
-        if needs_importance(task.schema, spec):
+        if needs(task.schema, spec, "importance"):
             dm.setup("fit")
             batches = getattr(spec_config(spec), "importance_batches", None)
             task.train()
@@ -135,7 +130,7 @@ def compress_run(argv: list[str]) -> tuple[Any, Any, Path]:
             del task.log
             print(f"Fisher importance from {batches or 'all'} training batches")
         counts = None
-        if needs_counts(task.schema, spec):
+        if needs(task.schema, spec, "counts"):
             from reccomp.compress.data import FitData
 
             fit_data = FitData.from_schema(dm.schema)

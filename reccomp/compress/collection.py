@@ -294,15 +294,15 @@ class CompressedEmbeddingBagCollection(nn.Module):
     @property
     def search_epochs(self) -> int:
         """Epochs of the first phase of a multi-phase method (0: one phase)."""
-        return max([int(getattr(m, "search_epochs", 0)) for m in self.tables] + [0])
+        return max([m.search_epochs for m in self.tables] + [0])
 
     @property
     def searching(self) -> bool:
-        return any(bool(getattr(m, "searching", False)) for m in self.tables)
+        return any(m.searching for m in self.tables)
 
     def search_parameters(self) -> list[nn.Parameter]:
         """Parameters trained on validation batches in the search phase (not by the task)."""
-        return [p for m in self.tables for p in getattr(m, "search_parameters", list)()]
+        return [p for m in self.tables for p in m.search_parameters()]
 
     def advance_phase(self) -> list[dict[str, Any]]:
         """End the search phase: each searching table prunes itself; storage is rebuilt with
@@ -312,7 +312,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
         old = {k: v.detach().clone() for k, v in storage_weights(self).items()}
         new: dict[str, torch.Tensor] = {}
         for m in self.tables:
-            if getattr(m, "searching", False):
+            if m.searching:
                 names = [f"{m.field}{t.suffix}" for t in m.tables()]
                 rows = m.advance([old[n] for n in names])
                 new.update(
@@ -331,7 +331,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
 
     def get_extra_state(self) -> dict[str, Any]:
         rows, widths = self._shapes()
-        phases = [str(getattr(m, "phase", "")) for m in self.tables]
+        phases = [m.phase for m in self.tables]
         return {"rows": rows, "widths": widths, "phases": phases, "fitted": self.fitted}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -339,7 +339,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
         phases = state.get("phases") or [""] * len(self.tables)
         before = self._shapes()
         for i, m in enumerate(self.tables):
-            if phases[i] and widths is not None and hasattr(m, "set_phase"):
+            if phases[i] and widths is not None:
                 m.set_phase(phases[i], widths[i])
             m.resize(rows[i], None if widths is None else widths[i])
         if self._shapes() != before:

@@ -19,41 +19,40 @@ phases inside one ``reccomp fit`` (see :class:`reccomp.compress.phases.PhaseCall
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from reccomp.compress.base import BYTES_PER_VALUE, BudgetError
-from reccomp.compress.mixed_dim import MIN_WIDTH, MixedDimTable, id_map_bytes
+from reccomp.compress.mixed_dim import (
+    MIN_WIDTH,
+    FrequencyBlocksConfig,
+    MixedDimTable,
+    id_map_bytes,
+)
 from reccomp.compress.registry import MethodConfig, register
 
 
 @register("dnis")
 @dataclass
-class DNISConfig(MethodConfig):
+class DNISConfig(FrequencyBlocksConfig):
     """Differentiable Neural Input Search (Cheng et al., 2020).
 
     Args:
         blocks: frequency blocks per table.
         growth: block b holds ``growth ** b`` times the rows of block 0.
+        target_bytes: this table's bytes after pruning (set from the budget).
         search_epochs: epochs of the search phase; the pruned model trains for the rest
             of ``trainer.max_epochs``.
         alpha_lr: Adam learning rate of the selection weights (validation batches).
-        target_bytes: this table's bytes after pruning (set from the budget).
     """
 
-    blocks: int = 4
-    growth: float = 3.0
     search_epochs: int = 2
     alpha_lr: float = 0.01
-    target_bytes: int | None = None
-    size_options: ClassVar[tuple[str, ...]] = ("target_bytes",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.blocks < 1 or self.growth < 1.0:
-            raise ValueError("dnis: blocks must be >= 1 and growth >= 1")
         if self.search_epochs < 1:
             raise ValueError(f"dnis: search_epochs must be >= 1, got {self.search_epochs}")
         if self.alpha_lr <= 0:

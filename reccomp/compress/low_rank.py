@@ -96,11 +96,16 @@ class LowRankTable(TableMethod):
         return pooled[0] @ self.proj  # (..., r) @ (r, dim)
 
     def from_trained(self, src: TrainedTable) -> list[torch.Tensor]:
-        """The best rank-r approximation of the trained table (truncated SVD)."""
-        a, b = truncated_svd(src.dense, self.rank)
+        """The best rank-r approximation of the trained table (truncated SVD, each row's
+        error weighted by :meth:`row_weight`)."""
+        a, b = truncated_svd(src.dense, self.rank, self.row_weight(src))
         with torch.no_grad():
             self.proj.copy_(b)
         return [a]
+
+    def row_weight(self, src: TrainedTable) -> torch.Tensor | None:
+        """(n,) weight of each row's reconstruction error; None: all rows alike."""
+        return None
 
 
 def truncated_svd(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from reccomp.compress.base import TrainedTable
-from reccomp.compress.low_rank import LowRankConfig, LowRankTable, truncated_svd
+from reccomp.compress.low_rank import LowRankConfig, LowRankTable
 from reccomp.compress.registry import register
 
 
@@ -80,12 +80,11 @@ class MaestroTable(LowRankTable):
         """Truncation: from a trained Maestro table keep its ``r`` most important ranks
         (importance ``||A[:, k]|| ||B[k]||``; ordered dropout makes them the leading ones),
         from any other table the truncated SVD."""
-        if isinstance(src.module, MaestroTable) and src.module.rank >= self.rank:
-            a, b = src.weights[0], src.module.proj.detach()  # (n, R), (R, d)
-            keep = rank_importance(a, b).argsort(descending=True)[: self.rank].sort().values
-            a, b = a[:, keep], b[keep]
-        else:
-            a, b = truncated_svd(src.dense, self.rank)
+        if not (isinstance(src.module, MaestroTable) and src.module.rank >= self.rank):
+            return super().from_trained(src)
+        a, b = src.weights[0], src.module.proj.detach()  # (n, R), (R, d)
+        keep = rank_importance(a, b).argsort(descending=True)[: self.rank].sort().values
+        a, b = a[:, keep], b[keep]
         with torch.no_grad():
             self.proj.copy_(b)
         return [a.contiguous()]

@@ -34,22 +34,18 @@ from reccomp.compress.registry import MethodConfig, register
 MIN_WIDTH = 4  # FBGEMM widths are multiples of 4
 
 
-@register("mixed_dim")
 @dataclass
-class MixedDimConfig(MethodConfig):
-    """Mixed-dimension embeddings (Ginart et al., ISIT 2021).
+class FrequencyBlocksConfig(MethodConfig):
+    """Options shared by the methods that cut each table into frequency blocks (not a
+    method itself: ``mixed_dim`` and ``dnis`` extend it).
 
     Args:
-        blocks: frequency blocks per table (1: one dimension per table).
-        temperature: ``alpha``: dims grow as ``p ** alpha`` with a row's access probability
-            (0: every block the same width).
+        blocks: frequency blocks per table.
         growth: block b holds ``growth ** b`` times the rows of block 0 (small head blocks).
-        target_bytes: the bytes of this table (set from the budget); the widths are chosen
-            from the training frequencies to fill it.
+        target_bytes: the bytes of this table (set from the budget).
     """
 
     blocks: int = 4
-    temperature: float = 0.3
     growth: float = 3.0
     target_bytes: int | None = None
     size_options: ClassVar[tuple[str, ...]] = ("target_bytes",)
@@ -57,11 +53,31 @@ class MixedDimConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.blocks < 1:
-            raise ValueError(f"mixed_dim: blocks must be >= 1, got {self.blocks}")
+            raise ValueError(f"{self.name}: blocks must be >= 1, got {self.blocks}")
+        if self.growth < 1.0:
+            raise ValueError(f"{self.name}: growth must be >= 1, got {self.growth}")
+
+
+@register("mixed_dim")
+@dataclass
+class MixedDimConfig(FrequencyBlocksConfig):
+    """Mixed-dimension embeddings (Ginart et al., ISIT 2021).
+
+    Args:
+        blocks: frequency blocks per table (1: one dimension per table).
+        growth: block b holds ``growth ** b`` times the rows of block 0 (small head blocks).
+        target_bytes: the bytes of this table (set from the budget); the widths are chosen
+            from the training frequencies to fill it.
+        temperature: ``alpha``: dims grow as ``p ** alpha`` with a row's access probability
+            (0: every block the same width).
+    """
+
+    temperature: float = 0.3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 <= self.temperature <= 1.0:
             raise ValueError(f"mixed_dim: temperature must be in [0, 1], got {self.temperature}")
-        if self.growth < 1.0:
-            raise ValueError(f"mixed_dim: growth must be >= 1, got {self.growth}")
 
 
 def block_sizes(n: int, blocks: int, growth: float) -> list[int]:

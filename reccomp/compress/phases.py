@@ -91,18 +91,17 @@ class PhaseCallback(Callback):
                 for path in list(cb.best_k_models):  # search-phase models are not artifacts
                     trainer.strategy.remove_checkpoint(path)
                 cb.best_model_score, cb.best_model_path, cb.best_k_models = None, "", {}
-                cb.kth_best_model_path, cb.kth_value = (
-                    "",
-                    cb.kth_value * 0 + (float("inf") if cb.mode == "min" else -float("inf")),
-                )
+                cb.kth_best_model_path, cb.kth_value = "", _worst(cb.mode)
             if isinstance(cb, EarlyStopping):
-                cb.wait_count = 0
-                cb.best_score = cb.best_score * 0 + (
-                    float("inf") if cb.mode == "min" else -float("inf")
-                )
+                cb.wait_count, cb.best_score = 0, _worst(cb.mode)
         mem = pl_module.embedding_memory()
         print(f"Search done after epoch {trainer.current_epoch - 1}: pruned to "
               f"{mem['embeddings/bytes'] / 2**20:.2f} MiB ({mem['embeddings/ratio']:.3f} of full)")  # fmt: skip
         for r in report:
             if "widths" in r:
                 print(f"  {r['field']}: widths {r['widths']} for block rows {r['block_rows']}")
+
+
+def _worst(mode: str) -> torch.Tensor:
+    """The score every result beats (what checkpointing and early stopping start from)."""
+    return torch.tensor(float("inf") if mode == "min" else -float("inf"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from reccomp.compress.base import TrainedTable
-from reccomp.compress.low_rank import LowRankConfig, LowRankTable, truncated_svd
+from reccomp.compress.low_rank import LowRankConfig, LowRankTable
 from reccomp.compress.registry import register
 
 
@@ -33,11 +33,7 @@ class SVDConfig(LowRankConfig):
 class SVDTable(LowRankTable):
     post_training = True
 
-    def from_trained(self, src: TrainedTable) -> list[torch.Tensor]:
-        a, b = truncated_svd(src.dense, self.rank)
-        with torch.no_grad():
-            self.proj.copy_(b)
-        return [a]
+    # from_trained: low_rank's truncated SVD of the trained table
 
 
 @register("fwsvd")
@@ -65,15 +61,12 @@ class FWSVDConfig(LowRankConfig):
 class FWSVDTable(SVDTable):
     needs_importance = True
 
-    def from_trained(self, src: TrainedTable) -> list[torch.Tensor]:
+    def row_weight(self, src: TrainedTable) -> torch.Tensor | None:
         if src.importance is None:
             raise ValueError(
                 "fwsvd needs the rows' Fisher importance (reccomp compress computes it)"
             )
-        a, b = truncated_svd(src.dense, self.rank, src.importance)
-        with torch.no_grad():
-            self.proj.copy_(b)
-        return [a]
+        return src.importance
 
 
 SVDConfig.module = SVDTable

@@ -23,7 +23,11 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from reccomp.compress.base import TrainedTable
-from reccomp.compress.collection import CompressedEmbeddingBagCollection, build_collection
+from reccomp.compress.collection import (
+    CompressedEmbeddingBagCollection,
+    build_collection,
+    plan_tables,
+)
 from reccomp.data.schema import Schema
 
 
@@ -105,16 +109,11 @@ def compress_collection(
     return target
 
 
-def needs_importance(schema: Schema, spec: Any) -> bool:
-    """Whether the target method wants per-row Fisher importance."""
-    target = build_collection(schema, spec, torch.device("cpu"))
-    return any(m.needs_importance for m in target.tables)
-
-
-def needs_counts(schema: Schema, spec: Any) -> bool:
-    """Whether the target method wants per-row training frequencies."""
-    target = build_collection(schema, spec, torch.device("cpu"))
-    return any(m.needs_counts for m in target.tables)
+def needs(schema: Schema, spec: Any, what: str) -> bool:
+    """Whether some table of ``spec`` wants ``what`` (``"importance"``: per-row Fisher
+    information, ``"counts"``: per-row training frequencies) from the trained model; read
+    from the plan, before any table is built."""
+    return any(getattr(type(p.config).module, f"needs_{what}") for p in plan_tables(schema, spec))
 
 
 def row_importance(
