@@ -68,5 +68,12 @@ class AFMTable(LowRankTable):
     def decode(self, pooled: list[torch.Tensor]) -> torch.Tensor:
         return pooled[0] @ self.proj + self.bias_  # (..., k) @ (k, dim) + (dim,)
 
+    def group_param(self) -> torch.Tensor:
+        return torch.cat([self.proj, self.bias_.unsqueeze(0)])  # (k + 1, dim)
+
+    def decode_group(self, pooled: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
+        p = torch.stack(params)  # (n, k + 1, dim): projections, then biases
+        return torch.einsum("bnk,nkd->bnd", pooled[0], p[:, :-1]) + p[:, -1]
+
 
 AFMConfig.module = AFMTable

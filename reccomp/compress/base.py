@@ -230,6 +230,17 @@ class TableMethod(nn.Module):
         shapes = tuple((t.width, t.lookups) for t in self.tables())
         return (type(self).__name__, shapes, getattr(self.config, "combiner", None))
 
+    def group_param(self) -> torch.Tensor:
+        """This field's share of a group decode (its projection); empty when the decode has
+        no per-field parameter. The collection hands a group's lead every member's tensor."""
+        return torch.empty(0)
+
+    def decode_group(self, pooled: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
+        """Decode a group of n fields at once: ``pooled`` parts are (B, n, W) and ``params``
+        holds the n fields' :meth:`group_param`. Default: :meth:`decode` (no per-field
+        parameters, so one decode serves all fields)."""
+        return self.decode(pooled)
+
     def decode(self, pooled: list[torch.Tensor]) -> torch.Tensor:
         """Pooled rows, one (..., width) per lookup -> (..., dim). Default: their sum.
 

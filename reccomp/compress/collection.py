@@ -208,6 +208,9 @@ class CompressedEmbeddingBagCollection(nn.Module):
         b = pooled.shape[0]
         # split / unbind give views whose backward is a single cat / stack
         blocks = torch.split(pooled, self._split_cols, dim=1)
+        params: list[torch.Tensor] = []  # per field: its share of a group decode
+        for m in self.tables:
+            params.append(m.group_param())
         outs: list[torch.Tensor] = []
         g = 0
         for i, m in enumerate(self.tables):
@@ -220,11 +223,12 @@ class CompressedEmbeddingBagCollection(nn.Module):
                     parts = list(blocks[g].reshape(b, k, n, -1).unbind(1))  # k x (B, n, W)
                 else:
                     parts = list(blocks[g].reshape(b, n, k, -1).unbind(2))  # k x (B, n, W)
-                outs.append(m.decode(parts).reshape(b, n * self.dim))  # (B, n * dim)
+                # (B, n, dim), possibly a strided view (batched decodes): the cat below
+                # is its only copy
+                outs.append(m.decode_group(parts, params[i : i + n]).reshape(b, n, self.dim))
                 g += 1
-        if len(outs) == 1:
-            return KeyedTensor(keys=self._keys, length_per_key=self._dims, values=outs[0])
-        return KeyedTensor(keys=self._keys, length_per_key=self._dims, values=torch.cat(outs, 1))
+        values = outs[0] if len(outs) == 1 else torch.cat(outs, 1)  # (B, F, dim)
+        return KeyedTensor(keys=self._keys, length_per_key=self._dims, values=values.reshape(b, -1))
 
     def penalty(self) -> torch.Tensor | None:
         """The methods' regularizers, summed (None when no method has one)."""

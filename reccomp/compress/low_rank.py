@@ -70,9 +70,6 @@ class LowRankTable(TableMethod):
     def tables(self) -> list[TableSpec]:
         return [TableSpec("", self.rows[0], self.rank)]
 
-    def decode_signature(self) -> tuple:
-        return (*super().decode_signature(), self.field)  # own projection: no shared block
-
     @classmethod
     def table_bytes(cls, num_embeddings: int, dim: int, config: MethodConfig) -> int:
         return _bytes(num_embeddings, dim, config.rank)
@@ -92,8 +89,20 @@ class LowRankTable(TableMethod):
     def remap(self, ids: torch.Tensor) -> list[torch.Tensor]:
         return [in_range(ids, self.num_embeddings)]
 
+    def group_param(self) -> torch.Tensor:
+        return self.proj
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., r) pooled rows before the projection (Maestro drops trailing ranks here)."""
+        return x
+
     def decode(self, pooled: list[torch.Tensor]) -> torch.Tensor:
-        return pooled[0] @ self.proj  # (..., r) @ (r, dim)
+        return self.mask(pooled[0]) @ self.proj  # (..., r) @ (r, dim)
+
+    def decode_group(self, pooled: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
+        # one batched product for the group's fields (each its own B): 26 small matrix
+        # products forward and 52 backward cost more than the narrower lookups save
+        return torch.einsum("bnr,nrd->bnd", self.mask(pooled[0]), torch.stack(params))
 
     def from_trained(self, src: TrainedTable) -> list[torch.Tensor]:
         """The best rank-r approximation of the trained table (truncated SVD, each row's

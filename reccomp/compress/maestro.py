@@ -35,10 +35,15 @@ class MaestroConfig(LowRankConfig):
             ranks a truncation can keep).
         group_lasso: weight of the hierarchical group lasso ``sum_k ||B[k:]||_F`` that
             drives trailing ranks to zero (0 = off).
+        prefix_sampling: ``uniform`` (the paper: every prefix ``4 k`` equally likely) or
+            ``log`` (P(``4 k``) proportional to ``1 / k``: each doubling of the rank is
+            sampled about equally often, so a truncation to ``r / 8`` is trained as much as
+            one to ``r / 2``).
     """
 
     keep_full: float = 0.0
     group_lasso: float = 0.0
+    prefix_sampling: str = "uniform"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -46,6 +51,10 @@ class MaestroConfig(LowRankConfig):
             raise ValueError(f"maestro: keep_full must be in [0, 1], got {self.keep_full}")
         if self.group_lasso < 0:
             raise ValueError(f"maestro: group_lasso must be >= 0, got {self.group_lasso}")
+        if self.prefix_sampling not in ("uniform", "log"):
+            raise ValueError(
+                f"maestro: prefix_sampling must be 'uniform' or 'log', got {self.prefix_sampling!r}"
+            )
 
 
 class MaestroTable(LowRankTable):
@@ -55,18 +64,29 @@ class MaestroTable(LowRankTable):
         super().__init__(field, num_embeddings, dim, config, **kw)
         self.keep_full = float(config.keep_full)  # plain floats: TorchScript reads these
         self.group_lasso = float(config.group_lasso)
+        k = torch.arange(1, self.rank // 4 + 1, dtype=torch.float64)  # prefixes of 4 k ranks
+        prob = torch.ones_like(k) if config.prefix_sampling == "uniform" else 1.0 / k
+        # cumulative probabilities of the prefixes: a sample keeps 4 * (1 + #{cdf < u})
+        # ranks (a list, not a buffer: servers don't hold it)
+        self.prefix_cdf: list[float] = (prob.cumsum(0) / prob.sum()).tolist()
 
-    def decode(self, pooled: list[torch.Tensor]) -> torch.Tensor:
-        x = pooled[0]  # (..., r)
+    def decode_signature(self) -> tuple:
+        # one mask rule per group
+        return (*super().decode_signature(), self.keep_full, self.config.prefix_sampling)
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        """Training: each sample (and field) keeps a random prefix of the ranks of x (..., r)."""
         if self.training:
             shape = list(x.shape[:-1]) + [1]  # noqa: RUF005  (TorchScript has no [*x, 1])
-            keep = torch.randint(1, self.rank // 4 + 1, shape, device=x.device) * 4  # (..., 1)
+            u = torch.rand(shape, device=x.device)  # (..., 1)
+            cdf = torch.tensor(self.prefix_cdf, device=x.device)  # (r/4,), last ~1
+            keep = (((u > cdf).sum(-1, keepdim=True) + 1) * 4).clamp_max(self.rank)  # (..., 1)
             if self.keep_full > 0:
                 full = torch.rand(shape, device=x.device) < self.keep_full
                 keep = torch.where(full, torch.full_like(keep, self.rank), keep)
             ranks = torch.arange(self.rank, device=x.device)
             x = x * (ranks < keep).to(x.dtype)  # (..., r)
-        return x @ self.proj  # (..., r) @ (r, dim)
+        return x
 
     def penalty(self) -> torch.Tensor | None:
         lam = self.group_lasso

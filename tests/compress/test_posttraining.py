@@ -9,6 +9,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from reccomp.compress.collection import CompressedEmbeddingBagCollection
 from reccomp.compress.low_rank import truncated_svd
 from reccomp.compress.maestro import rank_importance
+from reccomp.compress.registry import make_config
 from reccomp.compress.transform import (
     compress_collection,
     materialize,
@@ -108,6 +109,25 @@ def test_maestro_ordered_dropout_only_in_training_and_group_lasso() -> None:
     pen.backward()
     assert coll.tables[0].proj.grad is not None
     assert build_embeddings(SCHEMA, spec("hash", budget=0.5)).penalty() is None
+
+
+@pytest.mark.parametrize(
+    ("sampling", "want"),
+    [("uniform", [1 / 3, 1 / 3, 1 / 3]), ("log", [6 / 11, 3 / 11, 2 / 11])],
+)
+def test_maestro_prefix_sampling(sampling: str, want: list[float]) -> None:
+    """Kept prefixes are 4, 8, 12 ranks, with probabilities uniform or ~ 1 / k."""
+    coll = build_embeddings(
+        SCHEMA, spec("maestro", options={"rank": 12, "prefix_sampling": sampling})
+    )
+    m = coll.tables[0].train()
+    torch.manual_seed(0)
+    kept = (m.mask(torch.ones(20000, 1, 12)) != 0).sum(-1)  # (N, 1) ranks each sample kept
+    freq = torch.stack([(kept == 4 * k).float().mean() for k in (1, 2, 3)])
+    torch.testing.assert_close(freq, torch.tensor(want), atol=0.015, rtol=0)
+    assert torch.equal(m.eval().mask(torch.ones(3, 12)), torch.ones(3, 12))
+    with pytest.raises(ValueError, match="prefix_sampling"):
+        make_config("maestro", {"rank": 12, "prefix_sampling": "geometric"})
 
 
 def test_row_importance_is_zero_for_unseen_rows() -> None:
