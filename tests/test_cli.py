@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from reccomp.cli import main, run_cli
+from reccomp.modules.embedding import EmbeddingSpec
 from tests.conftest import CONFIGS, shared_dataset
 
 TINY_ML = '{"n_users": 60, "n_items": 120, "n_ratings": 3000, "seed": 1}'
@@ -152,6 +153,23 @@ def test_bad_method_and_dim_named(
             ["fit", "--config", cfg, "--model.embeddings.dim", "6", "--data.synthetic", TINY_ML]
         )
     assert "multiple of 4" in capsys.readouterr().err
+
+
+def test_budget_null_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--model.embeddings.budget null`` clears a config's budget (jsonargparse passes it on
+    as the string "None"; the spec reads it as no budget)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = str(CONFIGS / "ml-1m-deepfm64-ctr-maestro.yaml")
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", cfg, "--model.embeddings.budget", "null", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    spec = EmbeddingSpec(**printed["model"]["init_args"]["embeddings"])
+    assert spec.budget is None
+    assert EmbeddingSpec(budget="0.5", init_std="null").budget == 0.5
+    with pytest.raises(ValueError, match="budget must be a number or null"):
+        EmbeddingSpec(budget="half")
 
 
 def test_test_and_predict_from_checkpoint(

@@ -64,13 +64,15 @@ class EmbeddingSpec:
     """
 
     method: str = "full"
-    budget: float | None = None
+    # ``| str``: jsonargparse hands a command-line ``--model.embeddings.budget null`` over as
+    # the string "None" (nested dataclass in a subclass's init_args); __post_init__ reads it
+    budget: float | str | None = None
     dim: int = 16
     optimizer: str = "adagrad"
     lr: float = 0.05
     eps: float = 1e-8
     weight_decay: float = 0.0
-    init_std: float | None = None
+    init_std: float | str | None = None
     pooling: str = "sum"
     options: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -78,6 +80,9 @@ class EmbeddingSpec:
 
     def __post_init__(self) -> None:
         from reccomp.compress import make_config
+
+        self.budget = _optional_float("budget", self.budget)
+        self.init_std = _optional_float("init_std", self.init_std)
 
         # unknown methods and options of another method fail here, before any training
         try:
@@ -111,6 +116,17 @@ class EmbeddingSpec:
         if self.optimizer != "sgd":
             kw["eps"] = self.eps
         return kw
+
+
+def _optional_float(name: str, value: float | str | None) -> float | None:
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() in ("none", "null", "~", ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"embeddings.{name} must be a number or null, got {value!r}") from None
 
 
 def fused_collection(
