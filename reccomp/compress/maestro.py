@@ -22,6 +22,8 @@ from reccomp.compress.base import TrainedTable
 from reccomp.compress.low_rank import LowRankConfig, LowRankTable
 from reccomp.compress.registry import register
 
+PREFIX_SAMPLING = ("uniform", "log", "halving")
+
 
 @register("maestro")
 @dataclass
@@ -35,10 +37,12 @@ class MaestroConfig(LowRankConfig):
             ranks a truncation can keep).
         group_lasso: weight of the hierarchical group lasso ``sum_k ||B[k:]||_F`` that
             drives trailing ranks to zero (0 = off).
-        prefix_sampling: ``uniform`` (the paper: every prefix ``4 k`` equally likely) or
-            ``log`` (P(``4 k``) proportional to ``1 / k``: each doubling of the rank is
-            sampled about equally often, so a truncation to ``r / 8`` is trained as much as
-            one to ``r / 2``).
+        prefix_sampling: which rank prefixes a sample keeps: ``uniform`` (the paper: every
+            ``4 k`` equally likely), ``log`` (``4 k`` with probability ~ ``1 / k``: each
+            doubling of the rank about equally often) or ``halving`` (only ``r, r/2, r/4,
+            ...`` down to 4, equally likely: the ranks one would truncate to, each trained
+            far more often than among all ``r / 4`` prefixes; ranks between them still come
+            out ordered, as every sample keeps a prefix).
     """
 
     keep_full: float = 0.0
@@ -51,9 +55,10 @@ class MaestroConfig(LowRankConfig):
             raise ValueError(f"maestro: keep_full must be in [0, 1], got {self.keep_full}")
         if self.group_lasso < 0:
             raise ValueError(f"maestro: group_lasso must be >= 0, got {self.group_lasso}")
-        if self.prefix_sampling not in ("uniform", "log"):
+        if self.prefix_sampling not in PREFIX_SAMPLING:
             raise ValueError(
-                f"maestro: prefix_sampling must be 'uniform' or 'log', got {self.prefix_sampling!r}"
+                f"maestro: prefix_sampling must be one of {PREFIX_SAMPLING}, "
+                f"got {self.prefix_sampling!r}"
             )
 
 
@@ -64,8 +69,7 @@ class MaestroTable(LowRankTable):
         super().__init__(field, num_embeddings, dim, config, **kw)
         self.keep_full = float(config.keep_full)  # plain floats: TorchScript reads these
         self.group_lasso = float(config.group_lasso)
-        k = torch.arange(1, self.rank // 4 + 1, dtype=torch.float64)  # prefixes of 4 k ranks
-        prob = torch.ones_like(k) if config.prefix_sampling == "uniform" else 1.0 / k
+        prob = prefix_probabilities(self.rank, config.prefix_sampling)
         # cumulative probabilities of the prefixes: a sample keeps 4 * (1 + #{cdf < u})
         # ranks (a list, not a buffer: servers don't hold it)
         self.prefix_cdf: list[float] = (prob.cumsum(0) / prob.sum()).tolist()
@@ -108,6 +112,25 @@ class MaestroTable(LowRankTable):
         with torch.no_grad():
             self.proj.copy_(b)
         return [a.contiguous()]
+
+
+def prefix_probabilities(rank: int, sampling: str) -> torch.Tensor:
+    """(rank/4,) float64 probability that a sample keeps the first ``4 k`` ranks, k = 1..r/4.
+
+    >>> [round(p, 2) for p in prefix_probabilities(16, "halving").tolist()]  # 4, 8, 16
+    [0.33, 0.33, 0.0, 0.33]
+    """
+    k = torch.arange(1, rank // 4 + 1, dtype=torch.float64)
+    if sampling == "uniform":
+        return torch.ones_like(k) / len(k)
+    if sampling == "log":
+        return (1.0 / k) / (1.0 / k).sum()
+    on = torch.zeros_like(k)
+    r = rank
+    while r >= 4:  # r, then halves rounded down to FBGEMM's width step of 4
+        on[r // 4 - 1] = 1.0
+        r = r // 2 // 4 * 4
+    return on / on.sum()
 
 
 def rank_importance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -113,10 +113,14 @@ def test_maestro_ordered_dropout_only_in_training_and_group_lasso() -> None:
 
 @pytest.mark.parametrize(
     ("sampling", "want"),
-    [("uniform", [1 / 3, 1 / 3, 1 / 3]), ("log", [6 / 11, 3 / 11, 2 / 11])],
+    [
+        ("uniform", [1 / 3, 1 / 3, 1 / 3]),
+        ("log", [6 / 11, 3 / 11, 2 / 11]),
+        ("halving", [1 / 2, 0, 1 / 2]),  # 12, then 12 // 2 rounded down to 4
+    ],
 )
 def test_maestro_prefix_sampling(sampling: str, want: list[float]) -> None:
-    """Kept prefixes are 4, 8, 12 ranks, with probabilities uniform or ~ 1 / k."""
+    """Kept prefixes are 4, 8, 12 ranks, with probabilities uniform, ~ 1 / k or halving."""
     coll = build_embeddings(
         SCHEMA, spec("maestro", options={"rank": 12, "prefix_sampling": sampling})
     )
