@@ -73,7 +73,7 @@ class AFMTable(LowRankTable):
 
     def decode_group(self, pooled: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
         p = torch.stack(params)  # (n, k + 1, dim): projections, then biases
-        return torch.einsum("bnk,nkd->bnd", pooled[0], p[:, :-1]) + p[:, -1]
+        return torch.bmm(pooled[0].transpose(0, 1), p[:, :-1]).transpose(0, 1) + p[:, -1]
 
 
 AFMConfig.module = AFMTable

@@ -102,7 +102,8 @@ class LowRankTable(TableMethod):
     def decode_group(self, pooled: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
         # one batched product for the group's fields (each its own B): 26 small matrix
         # products forward and 52 backward cost more than the narrower lookups save
-        return torch.einsum("bnr,nrd->bnd", self.mask(pooled[0]), torch.stack(params))
+        x = self.mask(pooled[0]).transpose(0, 1)  # (n, B, r), a strided view: bmm reads it
+        return torch.bmm(x, torch.stack(params)).transpose(0, 1)  # (B, n, dim) view
 
     def from_trained(self, src: TrainedTable) -> list[torch.Tensor]:
         """The best rank-r approximation of the trained table (truncated SVD, each row's
