@@ -100,8 +100,8 @@ class LowRankTable(TableMethod):
         return self.mask(pooled[0]) @ self.proj  # (..., r) @ (r, dim)
 
     def decode_group(self, pooled: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
-        # one batched product for the group's fields (each its own B): 26 small matrix
-        # products forward and 52 backward cost more than the narrower lookups save
+        # one batched product for the group's fields (each its own projection): 26 small
+        # matrix products forward and 52 backward cost more than the narrower lookups save
         x = self.mask(pooled[0]).transpose(0, 1)  # (n, B, r), a strided view: bmm reads it
         return torch.bmm(x, torch.stack(params)).transpose(0, 1)  # (B, n, dim) view
 
