@@ -115,6 +115,7 @@ class TableMethod(nn.Module):
     # (no annotations: TorchScript would resolve them as the type of dnis's instance values)
     search_epochs = 0
     searching = False
+    search_lr = 0.0  # Adam learning rate of search_parameters() (validation batches)
     phase = ""  # saved in checkpoints; "" for one-phase methods
 
     def __init__(

@@ -69,7 +69,7 @@ class DNISTable(MixedDimTable):
         self.searching = True
         super().__init__(field, num_embeddings, dim, config, **kw)  # type: ignore[arg-type]
         self.search_epochs = int(config.search_epochs)
-        self.alpha_lr = float(config.alpha_lr)
+        self.search_lr = float(config.alpha_lr)
 
     def _new_proj(self) -> None:
         if self.searching:

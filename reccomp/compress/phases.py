@@ -44,8 +44,12 @@ class PhaseCallback(Callback):
             return
         params = coll.search_parameters()
         if self._opt is None:
-            lr = max(float(getattr(m, "alpha_lr", 0.0)) for m in coll.tables)
-            self._opt = torch.optim.Adam(params, lr=lr)
+            groups = [
+                {"params": m.search_parameters(), "lr": m.search_lr}
+                for m in coll.tables
+                if m.search_parameters()
+            ]
+            self._opt = torch.optim.Adam(groups)
         val = self._next_val(trainer).to(pl_module.device)
         self._opt.zero_grad(set_to_none=True)
         coll.detach_storage = True  # validation data must not move the tables' rows
