@@ -205,6 +205,11 @@ class TableMethod(nn.Module):
         """End the search: new storage rows from the searched ones (multi-phase methods)."""
         raise NotImplementedError(f"{self.config.name} has a single phase")
 
+    def advance_state(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """After :meth:`advance`: one kind of the searched tables' optimizer state (one tensor
+        per old storage table, (rows, width) or (rows,)) -> the new tables' state."""
+        raise NotImplementedError(f"{self.config.name} has a single phase")
+
     def set_phase(self, phase: str, widths: list[int]) -> None:
         """Restore a checkpoint's phase (shapes only; one-phase methods have nothing to do)."""
 

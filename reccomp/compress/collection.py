@@ -310,22 +310,33 @@ class CompressedEmbeddingBagCollection(nn.Module):
 
     def advance_phase(self) -> list[dict[str, Any]]:
         """End the search phase: each searching table prunes itself; storage is rebuilt with
-        the new widths and every table's trained rows (fused optimizer state starts anew)."""
-        from reccomp.compress.transform import storage_weights
+        the new widths, every table's trained rows and its fused optimizer state (a pruned
+        table keeps the state of its kept columns: restarted Adagrad sums would make every
+        row's next step full-size, and rare rows get memorised)."""
+        from reccomp.compress.transform import optimizer_states, storage_weights
 
         old = {k: v.detach().clone() for k, v in storage_weights(self).items()}
+        old_state = {k: [t.clone() for t in v] for k, v in optimizer_states(self).items()}
         new: dict[str, torch.Tensor] = {}
+        new_state: dict[str, list[torch.Tensor]] = {}
         for m in self.tables:
             if m.searching:
                 names = [f"{m.field}{t.suffix}" for t in m.tables()]
-                rows = m.advance([old[n] for n in names])
-                new.update(
-                    {f"{m.field}{t.suffix}": w for t, w in zip(m.tables(), rows, strict=True)}
-                )
+                new.update(zip(names, m.advance([old[n] for n in names]), strict=True))
+                states = [old_state.get(n, []) for n in names]
+                for j in range(min(len(s) for s in states)):  # one kind of state at a time
+                    kept = m.advance_state([s[j] for s in states])
+                    for n, t in zip(names, kept, strict=True):  # same names, new widths
+                        new_state.setdefault(n, []).append(t)
         self._build_storage()
         with torch.no_grad():
             for name, w in storage_weights(self).items():
                 w.copy_(new.get(name, old.get(name, w)).to(w.device))
+            for name, ts in optimizer_states(self).items():
+                src = new_state.get(name, old_state.get(name, []))
+                for t, s in zip(ts, src, strict=False):
+                    if t.shape == s.shape:
+                        t.copy_(s.to(t.device))
         return self.describe()
 
     def _shapes(self) -> tuple[list[list[int]], list[list[int]]]:

@@ -117,6 +117,7 @@ class DNISTable(MixedDimTable):
         if keep is None:
             raise BudgetError(f"dnis: {self.field}: budget below the narrowest blocks")
         signed = self.alpha.detach()
+        self.kept_ = keep  # advance_state selects the same columns
         self.searching = False
         self.widths = [len(k) for k in keep]
         self._new_proj()
@@ -128,6 +129,14 @@ class DNISTable(MixedDimTable):
                 out.append(weights[b][:, idx].contiguous())  # (n_b, d_b)
                 self.proj[off + torch.arange(len(cols)), idx] = signed[b, idx]
                 off += len(cols)
+        return out
+
+    def advance_state(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-element state keeps the kept columns; per-row state (row-wise Adagrad) stays."""
+        out = []
+        for s, cols in zip(states, self.kept_, strict=True):
+            idx = torch.tensor(cols, dtype=torch.int64, device=s.device)
+            out.append(s[:, idx].contiguous() if s.dim() == 2 else s.clone())
         return out
 
     # -- lookup ---------------------------------------------------------------------------------

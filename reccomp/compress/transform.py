@@ -64,6 +64,22 @@ def storage_weights(coll: CompressedEmbeddingBagCollection) -> dict[str, torch.T
     }
 
 
+def optimizer_states(coll: CompressedEmbeddingBagCollection) -> dict[str, list[torch.Tensor]]:
+    """Storage table name -> the fused optimizer's state tensors of that table (views of the
+    live state, sorted by state name; Adagrad: one (rows, width) or, row-wise, (rows,))."""
+    fused = getattr(coll.storage, "fused_optimizer", None)
+    if fused is None:  # plain EmbeddingBagCollection (serving): no optimizer
+        return {}
+    opt = fused()
+    out = {}
+    for name, param in opt.params.items():
+        state = opt.state.get(param, {})
+        out[name[: -len(".weight")]] = [
+            state[k] for k in sorted(state) if isinstance(state[k], torch.Tensor)
+        ]
+    return out
+
+
 def trained_tables(
     coll: CompressedEmbeddingBagCollection,
     importance: dict[str, torch.Tensor] | None = None,

@@ -191,3 +191,24 @@ def test_dnis_prunes_to_the_dimensions_alpha_selects() -> None:
         off += w
         assert set(kept) <= set(range(8, 16) if b == 0 else range(20, 24))
         assert kept  # the selected dims survive, scaled by alpha
+
+
+def test_dnis_pruning_keeps_the_optimizer_state_of_the_kept_columns() -> None:
+    from reccomp.compress.transform import optimizer_states
+
+    spec = EmbeddingSpec(method="dnis", budget=0.25, dim=32, min_rows=100, optimizer="adagrad",
+                         options={"blocks": 2})  # fmt: skip
+    coll = build_embeddings(SCHEMA, spec, data=fit_data())
+    with torch.no_grad():
+        for name, states in optimizer_states(coll).items():
+            for s in states:  # a distinct value per (table, row, column)
+                s.copy_(torch.arange(s.numel(), dtype=s.dtype).reshape(s.shape) + hash(name) % 97)
+    before = {k: [s.clone() for s in v] for k, v in optimizer_states(coll).items()}
+    coll.advance_phase()
+    after = optimizer_states(coll)
+    user = coll.tables[0]
+    for b, cols in enumerate(user.kept_):
+        name = f"user:{b}"
+        torch.testing.assert_close(after[name][0], before[name][0][:, cols])
+    side = [m.field for m in coll.tables if not m.searching and m.config.name == "full"]
+    assert side and torch.equal(after[side[0]][0], before[side[0]][0])  # untouched tables too
