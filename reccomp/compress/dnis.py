@@ -121,18 +121,17 @@ class DNISTable(MixedDimTable):
         self.searching = False
         self.widths = [len(k) for k in keep]
         self._new_proj()
-        out = []
         with torch.no_grad():
             off = 0
             for b, cols in enumerate(keep):
                 idx = torch.tensor(cols, dtype=torch.int64)
-                out.append(weights[b][:, idx].contiguous())  # (n_b, d_b)
                 self.proj[off + torch.arange(len(cols)), idx] = signed[b, idx]
                 off += len(cols)
-        return out
+        return self.advance_state(weights)  # (n_b, d_b) per block: the kept columns
 
     def advance_state(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-element state keeps the kept columns; per-row state (row-wise Adagrad) stays."""
+        """The kept columns of each block's (n_b, dim) tensor (rows, per-element optimizer
+        state); per-row state (row-wise Adagrad) stays as it is."""
         out = []
         for s, cols in zip(states, self.kept_, strict=True):
             idx = torch.tensor(cols, dtype=torch.int64, device=s.device)

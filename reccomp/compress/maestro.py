@@ -75,7 +75,7 @@ class MaestroTable(LowRankTable):
         prob = prefix_probabilities(self.rank, config.prefix_sampling)
         # cumulative probabilities of the prefixes: a sample keeps 4 * (1 + #{cdf < u})
         # ranks (a list, not a buffer: servers don't hold it)
-        self.prefix_cdf: list[float] = (prob.cumsum(0) / prob.sum()).tolist()
+        self.prefix_cdf: list[float] = prob.cumsum(0).tolist()
 
     def decode_signature(self) -> tuple:
         # one mask rule per group
