@@ -27,7 +27,7 @@ def _parser() -> ArgumentParser:
     p.add_argument(
         "--data.root", dest="data_root_override", default=None, help="data of every cell"
     )
-    p.add_argument("--quick", action="store_true", help="tiny grid (one budget, seed, few batches)")
+    p.add_argument("--quick", action="store_true", help="tiny grid (one budget, seed, few batches; cells run in this process)")
     p.add_argument("--force", action="store_true", help="rerun finished cells")
     return p
 
@@ -60,7 +60,7 @@ def bench_main(argv: list[str]) -> int:
     out = Path(args.output or Path("results") / cfg.name)
     t0 = time.perf_counter()
     try:
-        counts = run_grid(cfg, out, force=args.force)
+        counts = run_grid(cfg, out, force=args.force, in_process=args.quick)
     except KeyboardInterrupt:
         # the running cell wrote nothing (its result file is written last): rerun resumes
         print(f"\ninterrupted: rerun the same command to finish the missing cells of {out}")

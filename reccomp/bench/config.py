@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 
 DEFAULT_BUDGETS = [1.0, 0.5, 0.25, 0.1, 0.01]
 # a tiny version of any grid: one budget, one seed, a few batches per stage
+# (3 epochs: dnis searches 2 before it prunes and retrains)
 QUICK_OVERRIDES = [
-    "--trainer.max_epochs", "1",
+    "--trainer.max_epochs", "3",
     "--trainer.limit_train_batches", "3",
     "--trainer.limit_val_batches", "2",
     "--trainer.limit_test_batches", "2",
 ]  # fmt: skip
+QUICK_COMPRESS_OVERRIDES = ["--limit-batches", "3"]
 
 
 def _all_methods() -> list[str]:
@@ -51,6 +53,7 @@ class BenchConfig:
             ``{graph_hash: [--model.embeddings.options, '{fields: [C1, C2]}']}``.
         show: further metrics to carry into the results (e.g. ``test/oracle_auc``).
         quick_budgets: budgets of ``--quick``.
+        compress_overrides: extra ``reccomp compress`` arguments for the post-training cells.
         finetune_epochs: post-training methods (``svd``, ``fwsvd``, ``afm``) compress the
             ``full`` cell's best checkpoint of the same seed, then fine-tune this many epochs.
     """
@@ -65,6 +68,7 @@ class BenchConfig:
     lower_is_better: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
     method_overrides: dict[str, list[str]] = field(default_factory=dict)
+    compress_overrides: list[str] = field(default_factory=list)
     show: list[str] = field(default_factory=list)
     quick_budgets: list[float] = field(default_factory=lambda: [0.25])
     finetune_epochs: int = 3
@@ -98,6 +102,7 @@ class BenchConfig:
             lower_is_better=self.lower_is_better,
             overrides=[*self.overrides, *QUICK_OVERRIDES],
             method_overrides=self.method_overrides,
+            compress_overrides=[*self.compress_overrides, *QUICK_COMPRESS_OVERRIDES],
             finetune_epochs=min(self.finetune_epochs, 1),
             show=self.show,
             quick_budgets=self.quick_budgets,

@@ -1,4 +1,4 @@
-"""Running a grid: one subprocess per cell, resumable, a failing cell recorded and skipped.
+"""Running a grid: one subprocess per cell (``--quick``: all in this process), resumable, a failing cell recorded and skipped.
 
 Layout of ``results/<name>/``::
 
@@ -10,12 +10,15 @@ Layout of ``results/<name>/``::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,8 @@ def compress_args(cfg: BenchConfig, out: Path, method: str, budget: float, seed:
         )
     args = ["compress", "--ckpt", ckpt, "--method", method, "--budget", repr(budget),
             "--finetune-epochs", str(cfg.finetune_epochs),
-            "--output", str(out / "runs" / cell_id(method, budget, seed))]  # fmt: skip
+            "--output", str(out / "runs" / cell_id(method, budget, seed)),
+            *cfg.compress_overrides]  # fmt: skip
     if cfg.data_root:
         args += ["--data.root", cfg.data_root]
     return args
@@ -78,8 +82,34 @@ def cell_done(path: Path) -> bool:
         return False
 
 
-def run_grid(cfg: BenchConfig, out: Path, force: bool = False) -> dict[str, int]:
-    """Run every cell not yet finished (all with ``force``); returns counts by outcome."""
+def _run_cell(path: Path, args: list[str], in_process: bool) -> subprocess.CompletedProcess:
+    """One cell: its own Python process (the default: a crash or leak stays in it), or this
+    process (``in_process``: saves the interpreter and import start-up of every cell, which
+    dominates tiny cells)."""
+    if not in_process:
+        cmd = [sys.executable, "-m", "reccomp.bench.cell", str(path), "--", *args]
+        return subprocess.run(cmd, capture_output=True, text=True)
+    from reccomp.bench.cell import main as cell_main
+
+    err = io.StringIO()
+    code: int | str | None = 0
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            cell_main([str(path), "--", *args])
+    except SystemExit as e:  # argparse, LightningCLI and budget errors exit
+        code = e.code
+    except Exception:
+        err.write(traceback.format_exc())
+        code = 1
+    rc = code if isinstance(code, int) else 1
+    return subprocess.CompletedProcess(args, rc, "", err.getvalue())
+
+
+def run_grid(
+    cfg: BenchConfig, out: Path, force: bool = False, in_process: bool = False
+) -> dict[str, int]:
+    """Run every cell not yet finished (all with ``force``); returns counts by outcome.
+    ``in_process``: run the cells in this process (see :func:`_run_cell`)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "cells").mkdir(exist_ok=True)
     (out / "bench.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
@@ -100,8 +130,7 @@ def run_grid(cfg: BenchConfig, out: Path, force: bool = False) -> dict[str, int]
         except ValueError as e:
             proc = subprocess.CompletedProcess([], 2, "", f"error: {e}")
         else:
-            cmd = [sys.executable, "-m", "reccomp.bench.cell", str(path), "--", *args]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = _run_cell(path, args, in_process)
         secs = time.perf_counter() - t0
         base = {"cell": cid, "method": method, "budget": budget, "seed": seed, "wall_seconds": secs}
         if proc.returncode == 0 and cell_done(path):

@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stat-batches", type=int, default=20, help="training batches for --dense-ratio"
     )
+    p.add_argument(
+        "--limit-batches", type=int, default=None,
+        help="at most this many batches per pass (importance, statistics, fine-tuning, "
+        "evaluation): smoke tests such as reccomp bench --quick",
+    )  # fmt: skip
     p.add_argument("--output", default=None, help="output directory")
     p.add_argument("--data.root", dest="data_root", default=None, help="override data root")
     p.add_argument("--config", default=None, help="the run's config (default: beside ckpt)")
@@ -101,6 +106,10 @@ def compress_run(argv: list[str]) -> tuple[Any, Any, Path]:
     if a.data_root:
         cfg["data"]["root"] = a.data_root
     cfg["trainer"]["max_epochs"] = max(a.finetune_epochs, 1)
+    if a.limit_batches is not None:
+        for stage in ("train", "val", "test"):
+            cfg["trainer"][f"limit_{stage}_batches"] = a.limit_batches
+        a.stat_batches = min(a.stat_batches, a.limit_batches)
     cfg["trainer"]["logger"] = {
         "class_path": "lightning.pytorch.loggers.CSVLogger",
         "init_args": {"save_dir": str(out), "name": "", "version": ""},
@@ -121,6 +130,8 @@ def compress_run(argv: list[str]) -> tuple[Any, Any, Path]:
         if needs(task.schema, spec, "importance"):
             dm.setup("fit")
             batches = getattr(spec_config(spec), "importance_batches", None)
+            if a.limit_batches is not None:
+                batches = min(batches or a.limit_batches, a.limit_batches)
             task.train()
             task.log = lambda *x, **k: None  # type: ignore[method-assign]  (no loop to log to)
             importance = row_importance(
