@@ -27,7 +27,11 @@ def _parser() -> ArgumentParser:
     p.add_argument(
         "--data.root", dest="data_root_override", default=None, help="data of every cell"
     )
-    p.add_argument("--quick", action="store_true", help="tiny grid (one budget, seed, few batches; cells run in this process)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny grid (one budget, seed, few batches; cells run in this process)",
+    )
     p.add_argument("--force", action="store_true", help="rerun finished cells")
     return p
 
