@@ -86,7 +86,11 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(grid: Path) -> None:
     assert failed["status"] == "failed"
     assert "cannot reach budget 0.01" in failed["error"]
     assert json.loads((grid / "cells" / "qr-b0.5-s0.json").read_text())["status"] == "ok"
-    assert "qr-b0.01-s0" in (grid / "table.md").read_text()  # listed under failed cells
+    # listed under failed cells, one line per method and error
+    assert (
+        "- `qr` at 0.01 (seeds 0): error: embeddings: method 'qr' cannot reach the budget"
+        in (grid / "table.md").read_text()
+    )
 
 
 def test_report_rebuilds_from_result_files(grid: Path, capsys: pytest.CaptureFixture[str]) -> None:

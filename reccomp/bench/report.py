@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,7 @@ def tables(cfg: BenchConfig, cells: list[dict[str, Any]]) -> tuple[str, list[lis
     failed = [c for c in cells if c.get("status") != "ok" and c["method"] in cfg.methods]
     if failed:
         md.append("\n## Failed cells\n")
-        for c in failed:
-            md.append(f"- `{c['cell']}`: {c.get('error', '')}")
+        md += _failed_lines(failed)
     rows: list[list[Any]] = [["method", "budget", "n", "bytes", "ratio"]
                              + [f"{k}_{s}" for k in [*cfg.metrics, *cfg.show] for s in ("mean", "std")]]  # fmt: skip
     for (m, b), r in sorted(agg.items()):
@@ -173,6 +173,21 @@ def pareto_plot(cfg: BenchConfig, cells: list[dict[str, Any]], path: Path) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _failed_lines(failed: list[dict[str, Any]]) -> list[str]:
+    """One line per method and error, budgets and seeds listed (budget errors differ only
+    in the budget they name, so those of one method share a line)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in failed:
+        err = re.sub(r"budget \S+ \(\d+ bytes of \d+\)", "the budget", c.get("error", ""))
+        groups.setdefault((c["method"], err), []).append(c)
+    lines = []
+    for (method, err), cs in groups.items():
+        budgets = ", ".join(f"{b:g}" for b in sorted({c["budget"] for c in cs}, reverse=True))
+        seeds = ", ".join(str(s) for s in sorted({c["seed"] for c in cs}))
+        lines.append(f"- `{method}` at {budgets} (seeds {seeds}): {err}")
+    return lines
 
 
 def build_report(out: Path) -> list[Path]:
