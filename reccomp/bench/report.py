@@ -151,8 +151,11 @@ def pareto_plot(cfg: BenchConfig, cells: list[dict[str, Any]], path: Path) -> No
 
     agg = aggregate(cfg, cells)
     metric = cfg.metrics[0]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in cfg.methods:
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    # 14 methods outrun one 10-colour cycle: 20 colours, and markers that differ as well
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^vP<>Xph"
+    for i, m in enumerate(cfg.methods):
         pts = sorted(
             (r["bytes"], r[metric][0], r[metric][1]) for (mm, _), r in agg.items() if mm == m
         )
@@ -163,13 +166,14 @@ def pareto_plot(cfg: BenchConfig, cells: list[dict[str, Any]], path: Path) -> No
         if m == "full":
             ax.errorbar(xs, ys, yerr=es, fmt="k*", markersize=12, label="full", zorder=5)
         else:
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=2, label=m)
+            ax.errorbar(xs, ys, yerr=es, marker=markers[i % len(markers)], capsize=2, label=m,
+                        color=colors[(2 * i + i // 10) % len(colors)])  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("embedding memory (bytes, log scale)")
     ax.set_ylabel(metric)
     ax.set_title(f"{cfg.name}: {metric} against memory")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
