@@ -135,3 +135,20 @@ def test_dnis_searches_prunes_and_keeps_only_the_pruned_model(
     reloaded = json.loads((again / "metrics.json").read_text())
     assert reloaded["test/auc"] == pytest.approx(metrics["test/auc"], abs=1e-6)
     assert reloaded["embeddings/ratio"] == pytest.approx(metrics["embeddings/ratio"])
+
+
+def test_dnis_searches_on_retrieval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Retrieval validates by ranking users; the search still fits its weights on validation
+    interactions (the training batch format)."""
+    monkeypatch.chdir(tmp_path)
+    root = str(write_tiny_ml1m(tmp_path / "ml-1m"))
+    run_cli(["fit", "--config", str(CONFIGS / "ml-1m-mf-retrieval.yaml"), "--data.root", root,
+             "--trainer.max_epochs", "2", "--model.embeddings.min_rows", "0",
+             "--model.embeddings.method", "dnis", "--model.embeddings.budget", "0.5",
+             "--model.embeddings.options", "{search_epochs: 1, blocks: 2}", *QUIET])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Search done after epoch 0" in out
+    metrics = json.loads((tmp_path / out.strip().splitlines()[-1] / "metrics.json").read_text())
+    assert metrics["embeddings/ratio"] <= 0.5 and "test/recall@20" in metrics

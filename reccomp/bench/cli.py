@@ -8,6 +8,7 @@ reccomp bench report results/ml-1m-ctr
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,10 @@ def _parser() -> ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="rerun finished cells")
     return p
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def bench_main(argv: list[str]) -> int:
@@ -63,12 +68,15 @@ def bench_main(argv: list[str]) -> int:
         cfg = cfg.quick()
     out = Path(args.output or Path("results") / cfg.name)
     t0 = time.perf_counter()
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops like Ctrl-C
     try:
         counts = run_grid(cfg, out, force=args.force, in_process=args.quick)
     except KeyboardInterrupt:
         # the running cell wrote nothing (its result file is written last): rerun resumes
         print(f"\ninterrupted: rerun the same command to finish the missing cells of {out}")
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     mins = (time.perf_counter() - t0) / 60
     print(
         f"{counts['ok']} cells run, {counts['failed']} failed, {counts['skipped']} reused, "

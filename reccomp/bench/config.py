@@ -54,6 +54,8 @@ class BenchConfig:
         show: further metrics to carry into the results (e.g. ``test/oracle_auc``).
         quick_budgets: budgets of ``--quick``.
         compress_overrides: extra ``reccomp compress`` arguments for the post-training cells.
+        quick_overrides: extra ``reccomp fit`` arguments of ``--quick`` only (e.g. a smaller
+            synthetic data set).
         finetune_epochs: post-training methods (``svd``, ``fwsvd``, ``afm``) compress the
             ``full`` cell's best checkpoint of the same seed, then fine-tune this many epochs.
     """
@@ -69,6 +71,7 @@ class BenchConfig:
     overrides: list[str] = field(default_factory=list)
     method_overrides: dict[str, list[str]] = field(default_factory=dict)
     compress_overrides: list[str] = field(default_factory=list)
+    quick_overrides: list[str] = field(default_factory=list)
     show: list[str] = field(default_factory=list)
     quick_budgets: list[float] = field(default_factory=lambda: [0.25])
     finetune_epochs: int = 3
@@ -100,7 +103,7 @@ class BenchConfig:
             seeds=self.seeds[:1],
             metrics=self.metrics,
             lower_is_better=self.lower_is_better,
-            overrides=[*self.overrides, *QUICK_OVERRIDES],
+            overrides=[*self.overrides, *QUICK_OVERRIDES, *self.quick_overrides],
             method_overrides=self.method_overrides,
             compress_overrides=[*self.compress_overrides, *QUICK_COMPRESS_OVERRIDES],
             finetune_epochs=min(self.finetune_epochs, 1),

@@ -88,7 +88,14 @@ def _run_cell(path: Path, args: list[str], in_process: bool) -> subprocess.Compl
     dominates tiny cells)."""
     if not in_process:
         cmd = [sys.executable, "-m", "reccomp.bench.cell", str(path), "--", *args]
-        return subprocess.run(cmd, capture_output=True, text=True)
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = child.communicate()
+        except BaseException:  # Ctrl-C or SIGTERM of the grid: the running cell stops too
+            child.kill()
+            child.wait()
+            raise
+        return subprocess.CompletedProcess(cmd, child.returncode, out, err)
     from reccomp.bench.cell import main as cell_main
 
     err = io.StringIO()

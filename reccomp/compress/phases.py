@@ -29,7 +29,11 @@ class PhaseCallback(Callback):
     def _next_val(self, trainer: pl.Trainer) -> Any:
         for _ in range(2):
             if self._val is None:
-                self._val = iter(trainer.datamodule.val_dataloader())  # type: ignore[attr-defined]
+                dm = trainer.datamodule  # type: ignore[attr-defined]
+                # training-format batches of validation data (for retrieval, the
+                # validation loader yields users to rank instead)
+                loader = getattr(dm, "search_dataloader", dm.val_dataloader)
+                self._val = iter(loader())
             try:
                 return next(self._val)
             except StopIteration:

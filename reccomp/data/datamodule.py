@@ -208,5 +208,12 @@ class RecDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> Any:
         return self._retrieval("test") if self.task == "retrieval" else self._iter("test", False)
 
+    def search_dataloader(self) -> BatchIterator:
+        """Validation interactions in the training batch format: what a bi-level search
+        (``dnis``) fits its architecture weights on. The same batches as
+        :meth:`val_dataloader` except for retrieval, whose validation batches are users to
+        rank items for."""
+        return self._iter("val", train=False)
+
     def predict_dataloader(self) -> BatchIterator:
         return self._iter("test", train=False)
