@@ -1,4 +1,5 @@
-"""Running a grid: one subprocess per cell (``--quick``: all in this process), resumable, a failing cell recorded and skipped.
+"""Running a grid: one subprocess per cell (``--quick``: all in this process), resumable,
+a failing cell recorded and skipped.
 
 Layout of ``results/<name>/``::
 
