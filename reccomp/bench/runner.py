@@ -109,7 +109,7 @@ def _run_cell(path: Path, args: list[str], in_process: bool) -> subprocess.Compl
     except Exception:
         err.write(traceback.format_exc())
         code = 1
-    rc = code if isinstance(code, int) else 1
+    rc = 0 if code is None else code if isinstance(code, int) else 1  # as a process exits
     return subprocess.CompletedProcess(args, rc, "", err.getvalue())
 
 
