@@ -40,6 +40,7 @@ from reccomp.compress import FitData
 from reccomp.data.datamodule import RecDataModule
 from reccomp.data.loader import BatchIterator, SplitTensors
 from reccomp.models import DLRM, DCNv2, DeepFM
+from reccomp.models.fused import fm_deep
 from reccomp.modules.embedding import EmbeddingSpec
 from reccomp.runtime import tune_malloc
 from reccomp.tasks import CTRTask
@@ -133,7 +134,14 @@ class RefFM(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         return self.interact(dense, self.emb(sparse))
 
+    fused_head = False  # --fused-reference-head: reccomp's fused FM node instead of autograd
+
     def interact(self, dense: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # rows (B, F, D)
+        if self.fused_head:
+            w = self.deep_emb
+            deep, z = fm_deep(rows.flatten(1), w.weight, w.bias, rows.shape[1])  # (B, 1), (B,)
+            dense_terms = self.dense_linear(dense) + self.deep_dense(dense)  # (B, 1)
+            return self.bias + z + (deep + dense_terms).squeeze(1)
         summed, squares = rows.sum(1), rows.square().sum(1)  # (B, D) each
         k = DIM - 1
         fm = 0.5 * (summed[:, :k].square() - squares[:, :k]).sum(1)  # (B,)
@@ -289,14 +297,22 @@ def main() -> None:
         action="store_true",
         help="also torch.compile the reference's dense part (same code after the lookups)",
     )
+    p.add_argument(
+        "--fused-reference-head",
+        action="store_true",
+        help="give the reference's FM head reccomp's fused FM node (DeepFM's training path), "
+        "so the fm ratio measures the embedding part and glue alone",
+    )
     args = p.parse_args()
+    RefFM.fused_head = args.fused_reference_head
     # both sides run in this process, so both get the allocator setting the CLI uses
     print(f"tune_malloc: {tune_malloc() if not args.default_malloc else 'off'}")
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, dim {DIM}, "
         f"reccomp sparse optimizer {args.sparse_optimizer} (reference: torch.optim.Adagrad), "
-        f"reccomp compile {args.compile}, reference compile {args.compile_reference}"
+        f"reccomp compile {args.compile}, reference compile {args.compile_reference}, "
+        f"reference fused FM head {args.fused_reference_head}"
     )
     with tempfile.TemporaryDirectory() as cache:
         dm = RecDataModule(

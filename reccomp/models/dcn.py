@@ -82,6 +82,17 @@ class DCNv2(nn.Module):
 
     def interact(self, dense: Tensor, values: Tensor) -> Tensor:
         """The dense part: (B, num_dense) and pooled rows (B, sum of dims) -> (B,) logits."""
+        if not self.cross and self.structure == "stacked" and self.num_dense:
+            # a plain MLP on x0: its first layer reads the two halves directly, sparing the
+            # (B, d) concatenation and the copy of its gradient back into ``values``
+            first = self.deep[0] if len(self.deep) else self.head
+            if isinstance(first, nn.Linear):
+                x = _linear_on_concat(first, dense, values)  # (B, first.out_features)
+                if not len(self.deep):
+                    return x.squeeze(1)  # (B, 1) -> (B,)
+                for layer in list(self.deep)[1:]:
+                    x = layer(x)
+                return self.head(x).squeeze(1)  # (B, h) -> (B,)
         x0 = values
         if self.num_dense:
             x0 = torch.cat([dense, x0], dim=1)  # (B, d)
@@ -91,3 +102,12 @@ class DCNv2(nn.Module):
         if self.structure == "stacked":
             return self.head(self.deep(x)).squeeze(1)  # (B, h) -> (B,)
         return self.head(torch.cat([x, self.deep(x0)], dim=1)).squeeze(1)  # (B, d+h) -> (B,)
+
+
+def _linear_on_concat(linear: nn.Linear, dense: Tensor, values: Tensor) -> Tensor:
+    """``linear(cat([dense, values], 1))`` without building the concatenation."""
+    nd = dense.shape[1]
+    w = linear.weight  # (out, nd + d)
+    out = values @ w[:, nd:].T  # (B, out)
+    out = torch.addmm(out, dense, w[:, :nd].T)
+    return out if linear.bias is None else out + linear.bias

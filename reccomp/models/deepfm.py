@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollectionInterface
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from reccomp.models.fused import fm_deep
 from reccomp.models.layers import _ACTIVATIONS, MLP, FeatureLayout, check_num_dense
 
 
@@ -94,15 +95,29 @@ class DeepFM(nn.Module):
 
     def interact(self, dense: Tensor, values: Tensor) -> Tensor:
         """The dense part: (B, num_dense) and pooled rows (B, F*(k+1)) -> (B,) logits."""
+        if torch.jit.is_scripting():
+            hidden, z = self._embedding_terms(values)
+        else:
+            hidden, z = self._embedding_terms_fused(values)
+        if self.deep_dense is not None:
+            hidden = hidden + self.deep_dense(dense)
+            z = z + self.dense_linear(dense).squeeze(1)  # type: ignore[misc]
+        deep = self.deep_rest(hidden).squeeze(1)  # (B,)
+        return self.bias + z + deep
+
+    def _embedding_terms(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        """``(deep_emb(values) (B, h0), FM + first order (B,))``, written with torch ops."""
         rows = values.view(-1, self.num_features, self.width)  # (B, F, k+1)
         summed = rows.sum(dim=1)  # (B, k+1): field sums of factors and first-order weights
         squares = rows.square().sum(dim=1)  # (B, k+1)
         k = self.factor_dim
         fm = 0.5 * (summed[:, :k].square() - squares[:, :k]).sum(dim=1)  # (B,)
-        first = summed[:, k]  # (B,)
-        hidden = self.deep_emb(values)  # (B, h0)
-        if self.deep_dense is not None:
-            hidden = hidden + self.deep_dense(dense)
-            first = first + self.dense_linear(dense).squeeze(1)  # type: ignore[misc]
-        deep = self.deep_rest(hidden).squeeze(1)  # (B,)
-        return self.bias + first + fm + deep
+        return self.deep_emb(values), fm + summed[:, k]
+
+    @torch.jit.unused
+    def _embedding_terms_fused(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        """The same terms through one fused autograd node (half the passes over ``values``)
+        when the deep part's first layer is a plain ``nn.Linear`` (``afm`` may factorize it)."""
+        if not isinstance(self.deep_emb, nn.Linear):
+            return self._embedding_terms(values)
+        return fm_deep(values, self.deep_emb.weight, self.deep_emb.bias, self.num_features)

@@ -26,6 +26,7 @@ from reccomp.models import (
     LogisticRegression,
     MatrixFactorization,
 )
+from reccomp.models.fused import fm_deep
 
 B = 6
 NUM_DENSE = 3
@@ -159,6 +160,60 @@ def test_deepfm_split_first_layer_equals_concat() -> None:
     w = torch.cat([model.deep_emb.weight, model.deep_dense.weight], dim=1)
     joint = torch.cat([values, dense], dim=1) @ w.T + model.deep_emb.bias
     torch.testing.assert_close(model.deep_emb(values) + model.deep_dense(dense), joint)
+
+
+def test_fused_fm_matches_autograd() -> None:
+    """DeepFM's fused FM node: same values and gradients (embeddings, weight, bias) as the
+    plain torch-ops path, checked in double precision and with ``gradcheck``."""
+    torch.manual_seed(0)
+    f, width, h = 5, 8, 7
+    values = torch.randn(B, f * width, dtype=torch.double, requires_grad=True)
+    lin = nn.Linear(f * width, h).double()
+    g_h, g_z = torch.randn(B, h, dtype=torch.double), torch.randn(B, dtype=torch.double)
+
+    def plain(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = v.view(B, f, width)
+        s, sq = rows.sum(1), rows.square().sum(1)
+        z = 0.5 * (s[:, :-1].square() - sq[:, :-1]).sum(1) + s[:, -1]
+        return lin(v), z
+
+    grads = []
+    for fn in (plain, lambda v: fm_deep(v, lin.weight, lin.bias, f)):
+        hidden, z = fn(values)
+        torch.autograd.backward([hidden, z], [g_h, g_z])
+        grads.append([hidden, z, values.grad, lin.weight.grad, lin.bias.grad])
+        values.grad, lin.weight.grad, lin.bias.grad = None, None, None
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(
+        lambda v, w, b: fm_deep(v, w, b, f), (values, lin.weight, lin.bias)
+    )
+
+
+def test_deepfm_fused_and_plain_paths_agree() -> None:
+    """The training path (fused node) and the TorchScript path (torch ops) of DeepFM."""
+    model = DeepFM(make_collection(uniform(4), False), NUM_DENSE, deep_mlp=[8])
+    kjt = make_kjt(BAG_LENGTHS)
+    values = model.embeddings(kjt).values()
+    hidden, z = model._embedding_terms(values)
+    fused = model._embedding_terms_fused(values)
+    torch.testing.assert_close(fused, (hidden, z))
+
+
+@pytest.mark.parametrize("deep_mlp", [[8, 4], []])
+def test_dcn_plain_mlp_skips_concat(deep_mlp: list[int]) -> None:
+    """With no cross layers the first layer reads [dense, rows] without concatenating them:
+    same output and gradients as the layer on the concatenation."""
+    model = DCNv2(make_collection(uniform(4), False), NUM_DENSE, num_cross_layers=0,
+                  deep_mlp=deep_mlp)  # fmt: skip
+    dense, kjt = make_dense(NUM_DENSE), make_kjt(BAG_LENGTHS)
+    values = model.embeddings(kjt).values().detach().requires_grad_()
+    out = model.interact(dense, values)
+    (g1,) = torch.autograd.grad(out.sum(), values)
+    expected = model.head(model.deep(torch.cat([dense, values], 1))).squeeze(1)
+    (g2,) = torch.autograd.grad(expected.sum(), values)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(g1, g2)
 
 
 def test_dcn_matches_cross_formula() -> None:
