@@ -116,7 +116,7 @@ class DeepFM(nn.Module):
 
     @torch.jit.unused
     def _embedding_terms_fused(self, values: Tensor) -> tuple[Tensor, Tensor]:
-        """The same terms through one fused autograd node (half the passes over ``values``)
+        """The same terms through one fused autograd node (about half the passes over ``values``)
         when the deep part's first layer is a plain ``nn.Linear`` (``afm`` may factorize it)."""
         if not isinstance(self.deep_emb, nn.Linear):
             return self._embedding_terms(values)
