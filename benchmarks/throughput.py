@@ -26,6 +26,7 @@ the remap and decode around the lookup must not dominate.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import statistics
 import tempfile
@@ -121,10 +122,14 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 
 
 class RefFM(nn.Module):
-    """The same math as :class:`reccomp.models.DeepFM` with ``deep_mlp=()``."""
+    """The same math as :class:`reccomp.models.DeepFM` with ``deep_mlp=()``.
 
-    def __init__(self, cards: list[int], num_dense: int) -> None:
+    ``fused_head`` (``--fused-reference-head``): reccomp's fused FM node instead of autograd's.
+    """
+
+    def __init__(self, cards: list[int], num_dense: int, fused_head: bool = False) -> None:
         super().__init__()
+        self.fused_head = fused_head
         self.emb = RefEmbeddings(cards, DIM)
         self.dense_linear = nn.Linear(num_dense, 1, bias=False)
         self.deep_emb = nn.Linear(len(cards) * DIM, 1)
@@ -133,8 +138,6 @@ class RefFM(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         return self.interact(dense, self.emb(sparse))
-
-    fused_head = False  # --fused-reference-head: reccomp's fused FM node instead of autograd
 
     def interact(self, dense: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # rows (B, F, D)
         if self.fused_head:
@@ -304,7 +307,6 @@ def main() -> None:
         "so the fm ratio measures the embedding part and glue alone",
     )
     args = p.parse_args()
-    RefFM.fused_head = args.fused_reference_head
     # both sides run in this process, so both get the allocator setting the CLI uses
     print(f"tune_malloc: {tune_malloc() if not args.default_malloc else 'off'}")
     torch.manual_seed(0)
@@ -340,7 +342,10 @@ def main() -> None:
             compare_methods(dm, args)
             return
         models = {
-            "fm": (lambda e, d: DeepFM(e, d, deep_mlp=()), RefFM),
+            "fm": (
+                lambda e, d: DeepFM(e, d, deep_mlp=()),
+                functools.partial(RefFM, fused_head=args.fused_reference_head),
+            ),
             "mlp": (lambda e, d: DCNv2(e, d, num_cross_layers=0, deep_mlp=(16,)), RefMLP),
             "dlrm": (lambda e, d: DLRM(e, d, bottom_mlp=(512, 256), top_mlp=(512, 256)), RefDLRM),
         }
