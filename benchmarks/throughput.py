@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
+import yaml
 from torch import nn
 
 from reccomp.compress import FitData
@@ -72,15 +73,19 @@ def time_reccomp(
     method: str = "full",
     budget: float | None = None,
     compile: bool = False,
+    options: dict | None = None,
+    min_rows: int | None = None,
 ) -> list[float]:
-    options = {}
+    options = dict(options or {})
     if method in ("graph_hash", "double_graph_hash"):
         # synthetic-criteo has no user/item fields: cluster the two largest fields' graph
         big = sorted(dm.schema.sparse, key=lambda f: -f.cardinality)[:2]
-        options = {"fields": [f.name for f in big]}
+        options.setdefault("fields", [f.name for f in big])
+    full = method == "full"
     spec = EmbeddingSpec(
         dim=DIM, optimizer=optimizer, lr=0.05, init_std=0.05, method=method,
-        budget=budget if method != "full" else None, options=options,
+        budget=None if full else budget, options={} if full else options,
+        **({} if min_rows is None else {"min_rows": min_rows}),
     )  # fmt: skip
     task = CTRTask(factory, embeddings=spec, schema=dm.schema_dict, compile=compile)
     if task.embeddings.needs_fit:
@@ -256,11 +261,15 @@ def compare_methods(dm: RecDataModule, args: argparse.Namespace) -> None:
             for m in methods:
                 t = statistics.median(
                     time_reccomp(dm, factory, args.steps, optimizer=args.sparse_optimizer,
-                                 method=m, budget=args.budget)
+                                 method=m, budget=args.budget, options=args.options,
+                                 min_rows=args.min_rows)
                 )  # fmt: skip
                 res.setdefault((name, m), []).append(t)
                 print(f"round {r + 1} {name} {m}: {t * 1e3:.1f} ms")
-    print(f"\nbudget {args.budget}: step time (best round) and ratio to full")
+    print(
+        f"\nbudget {args.budget}, options {args.options}, min_rows {args.min_rows}: "
+        "step time (best round) and ratio to full"
+    )
     print(f"{'model':<6}{'method':<18}{'ms/step':>10}{'x full':>9}")
     for name in models:
         base = min(res[(name, "full")])
@@ -289,7 +298,24 @@ def main() -> None:
         help="instead of the reference comparison: time these compression methods against "
         "full (fm and mlp models, reccomp only), e.g. --methods full hash qr graph_hash",
     )
-    p.add_argument("--budget", type=float, default=0.25, help="budget of --methods")
+    p.add_argument(
+        "--budget",
+        type=lambda s: None if s.lower() in ("none", "null") else float(s),
+        default=0.25,
+        help="budget of --methods ('none': the sizes given by --options)",
+    )
+    p.add_argument(
+        "--options",
+        type=yaml.safe_load,
+        default=None,
+        help="options of --methods as YAML, e.g. '{rank: 16}' (with --budget none)",
+    )
+    p.add_argument(
+        "--min-rows",
+        type=int,
+        default=None,
+        help="tables with fewer rows stay full (default: EmbeddingSpec's 1000)",
+    )
     p.add_argument(
         "--compile",
         action="store_true",
