@@ -255,6 +255,7 @@ def compare_methods(dm: RecDataModule, args: argparse.Namespace) -> None:
         "mlp": lambda e, d: DCNv2(e, d, num_cross_layers=0, deep_mlp=(16,)),
         "dlrm": lambda e, d: DLRM(e, d, bottom_mlp=(512, 256), top_mlp=(512, 256)),
     }
+    models = {k: v for k, v in models.items() if k in args.models}
     res: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
         for name, factory in models.items():
@@ -278,6 +279,15 @@ def compare_methods(dm: RecDataModule, args: argparse.Namespace) -> None:
             print(f"{name:<6}{m:<18}{t * 1e3:>10.1f}{t / base:>8.2f}x")
 
 
+def _yaml_mapping(text: str) -> dict:
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict) or None in value.values():
+        raise argparse.ArgumentTypeError(
+            f"expected a YAML mapping such as 'rank: 16', got {text!r}"
+        )
+    return value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -299,6 +309,13 @@ def main() -> None:
         "full (fm and mlp models, reccomp only), e.g. --methods full hash qr graph_hash",
     )
     p.add_argument(
+        "--models",
+        nargs="+",
+        default=["fm", "mlp", "dlrm"],
+        choices=["fm", "mlp", "dlrm"],
+        help="which models to time (default: all three)",
+    )
+    p.add_argument(
         "--budget",
         type=lambda s: None if s.lower() in ("none", "null") else float(s),
         default=0.25,
@@ -306,7 +323,7 @@ def main() -> None:
     )
     p.add_argument(
         "--options",
-        type=yaml.safe_load,
+        type=_yaml_mapping,
         default=None,
         help="options of --methods as YAML, e.g. '{rank: 16}' (with --budget none)",
     )
@@ -375,6 +392,7 @@ def main() -> None:
             "mlp": (lambda e, d: DCNv2(e, d, num_cross_layers=0, deep_mlp=(16,)), RefMLP),
             "dlrm": (lambda e, d: DLRM(e, d, bottom_mlp=(512, 256), top_mlp=(512, 256)), RefDLRM),
         }
+        models = {k: v for k, v in models.items() if k in args.models}
         # per round and side: the median step time; reported: each side's best round
         results: dict[str, dict[str, list[float]]] = {
             m: {"reccomp": [], "reference": []} for m in models
