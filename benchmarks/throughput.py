@@ -259,7 +259,7 @@ def compare_methods(dm: RecDataModule, args: argparse.Namespace) -> None:
     res: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
         for name, factory in models.items():
-            for m in methods:
+            for m in methods if r % 2 == 0 else methods[::-1]:  # neither side always first
                 t = statistics.median(
                     time_reccomp(dm, factory, args.steps, optimizer=args.sparse_optimizer,
                                  method=m, budget=args.budget, options=args.options,
@@ -269,14 +269,18 @@ def compare_methods(dm: RecDataModule, args: argparse.Namespace) -> None:
                 print(f"round {r + 1} {name} {m}: {t * 1e3:.1f} ms")
     print(
         f"\nbudget {args.budget}, options {args.options}, min_rows {args.min_rows}: "
-        "step time (best round) and ratio to full"
+        "step time (best round), its ratio to full's best, and the median over rounds of the "
+        "ratio to full in the same round (robust to the machine's drifts)"
     )
-    print(f"{'model':<6}{'method':<18}{'ms/step':>10}{'x full':>9}")
+    print(f"{'model':<6}{'method':<18}{'ms/step':>10}{'x full':>9}{'paired x full':>15}")
     for name in models:
-        base = min(res[(name, "full")])
+        base = res[(name, "full")]
         for m in methods:
-            t = min(res[(name, m)])
-            print(f"{name:<6}{m:<18}{t * 1e3:>10.1f}{t / base:>8.2f}x")
+            t = res[(name, m)]
+            paired = statistics.median(a / b for a, b in zip(t, base, strict=True))
+            print(
+                f"{name:<6}{m:<18}{min(t) * 1e3:>10.1f}{min(t) / min(base):>8.2f}x{paired:>14.2f}x"
+            )
 
 
 def _yaml_mapping(text: str) -> dict:
