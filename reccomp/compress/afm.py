@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from reccomp.compress.base import TrainedTable
-from reccomp.compress.low_rank import LowRankConfig, LowRankTable
+from reccomp.compress.low_rank import LowRankConfig, LowRankTable, _project
 from reccomp.compress.registry import register
 
 
@@ -73,7 +73,9 @@ class AFMTable(LowRankTable):
 
     def decode_group(self, pooled: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
         p = torch.stack(params)  # (n, k + 1, dim): projections, then biases
-        return torch.bmm(pooled[0].transpose(0, 1), p[:, :-1]).transpose(0, 1) + p[:, -1]
+        if torch.jit.is_scripting():
+            return torch.bmm(pooled[0].transpose(0, 1), p[:, :-1]).transpose(0, 1) + p[:, -1]
+        return _project(pooled[0], p[:, :-1]) + p[:, -1]  # (B, n, dim)
 
 
 AFMConfig.module = AFMTable

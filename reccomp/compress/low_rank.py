@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -102,8 +102,11 @@ class LowRankTable(TableMethod):
     def decode_group(self, pooled: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
         # one batched product for the group's fields (each its own projection): 26 small
         # matrix products forward and 52 backward cost more than the narrower lookups save
-        x = self.mask(pooled[0]).transpose(0, 1)  # (n, B, r), a strided view: bmm reads it
-        return torch.bmm(x, torch.stack(params)).transpose(0, 1)  # (B, n, dim) view
+        x = self.mask(pooled[0])  # (B, n, r), a strided view of the storage output
+        p = torch.stack(params)  # (n, r, dim)
+        if torch.jit.is_scripting():
+            return torch.bmm(x.transpose(0, 1), p).transpose(0, 1)  # (B, n, dim) view
+        return _project(x, p)
 
     def from_trained(self, src: TrainedTable) -> list[torch.Tensor]:
         """The best rank-r approximation of the trained table (truncated SVD, each row's
@@ -116,6 +119,45 @@ class LowRankTable(TableMethod):
     def row_weight(self, src: TrainedTable) -> torch.Tensor | None:
         """(n,) weight of each row's reconstruction error; None: all rows alike."""
         return None
+
+
+class BatchedProjection(torch.autograd.Function):
+    """``out[:, j] = x[:, j] @ p[j]``: (B, n, r) rows and (n, r, dim) projections -> (B, n, dim).
+
+    Same values and gradients as ``torch.bmm(x.transpose(0, 1), p).transpose(0, 1)``, but the
+    product is written straight into a batch-major (B, n, dim) tensor, which the collection
+    returns without a copy. Autograd's version returns a field-major view, and the copy to
+    batch-major is one more pass over the step's largest activation: for (4096, 26, 16) rows
+    projected to 64 on 2 vCPUs, 7.2-7.6 ms forward instead of 9.2-10.0 ms (TorchScript keeps
+    the plain formula).
+
+    >>> x, p = torch.randn(3, 2, 4), torch.randn(2, 4, 5)
+    >>> torch.allclose(BatchedProjection.apply(x, p)[:, 1], x[:, 1] @ p[1])
+    True
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        out = x.new_empty(x.shape[0], x.shape[1], p.shape[2])  # (B, n, dim)
+        torch.bmm(x.transpose(0, 1), p, out=out.transpose(0, 1))
+        ctx.save_for_backward(x, p)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x, p = ctx.saved_tensors
+        g = grad.transpose(0, 1)  # (n, B, dim), a strided view: bmm reads it
+        gx = gp = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.bmm(g, p.transpose(1, 2)).transpose(0, 1)  # (B, n, r)
+        if ctx.needs_input_grad[1]:
+            gp = torch.bmm(x.transpose(0, 1).transpose(1, 2), g)  # (n, r, dim)
+        return gx, gp
+
+
+@torch.jit.unused
+def _project(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    return BatchedProjection.apply(x, p)
 
 
 def truncated_svd(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from reccomp.compress import BudgetError, FitData, make_config
 from reccomp.compress.graph import cluster_bipartite
+from reccomp.compress.low_rank import BatchedProjection
 from reccomp.data.schema import Schema, SparseField
 from reccomp.modules.embedding import EmbeddingSpec, build_embeddings
 from tests.compress.test_contract import SCHEMA, batch, build, fit_data
@@ -212,3 +214,32 @@ def test_dnis_pruning_keeps_the_optimizer_state_of_the_kept_columns() -> None:
         torch.testing.assert_close(after[name][0], before[name][0][:, cols])
     side = [m.field for m in coll.tables if not m.searching and m.config.name == "full"]
     assert side and torch.equal(after[side[0]][0], before[side[0]][0])  # untouched tables too
+
+
+def test_batched_projection_matches_bmm_in_values_and_gradients() -> None:
+    x = torch.randn(6, 3 * 4, dtype=torch.double, requires_grad=True)  # storage rows (B, n*r)
+    p = torch.randn(3, 4, 5, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: BatchedProjection.apply(a.view(6, 3, 4), b), (x, p)
+    )
+    out = BatchedProjection.apply(x.view(6, 3, 4), p)
+    assert out.is_contiguous()  # batch-major: the collection returns it without a copy
+    ref = torch.bmm(x.view(6, 3, 4).transpose(0, 1), p).transpose(0, 1)
+    torch.testing.assert_close(out, ref)
+
+
+def test_low_rank_collection_output_needs_no_copy() -> None:
+    spec = EmbeddingSpec(method="low_rank", options={"rank": 8}, dim=16, min_rows=0)
+    schema = Schema("toy", "ctr", [SparseField("a", 100), SparseField("b", 200)])
+    coll = build_embeddings(schema, spec)
+    kjt = KeyedJaggedTensor(
+        keys=["a", "b"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1])
+    )
+    out = coll(kjt).values()  # (2, 2 * 16)
+    assert out.shape == (2, 32) and out.is_contiguous()
+    proj = torch.stack([t.proj for t in coll.tables])  # (2, 8, 16)
+    rows = coll.storage(
+        KeyedJaggedTensor(keys=coll._storage_keys, values=kjt.values(), lengths=kjt.lengths())
+    ).values()  # (2, 2 * 8)
+    ref = torch.bmm(rows.view(2, 2, 8).transpose(0, 1), proj).transpose(0, 1).reshape(2, -1)
+    torch.testing.assert_close(out, ref)
