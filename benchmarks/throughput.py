@@ -16,11 +16,15 @@ for the tables and ``torch.optim.Adam`` for the rest, fed from the same tensors.
 The two sides alternate in rounds so machine noise hits both; each round gives the median
 step time of each side, and each side's best round is reported.
 
-    python benchmarks/throughput.py [--rows 500000] [--steps 30] [--rounds 2]
+    python benchmarks/throughput.py [--rows 500000] [--steps 30] [--rounds 2] [--models fm mlp]
 
 With ``--methods full hash qr graph_hash [--budget 0.25]`` it instead times each compression
-method's training step against ``full`` (same models and batch; ``fm``, ``mlp`` and ``dlrm``):
-the remap and decode around the lookup must not dominate.
+method's training step against ``full`` (same models and batch): the remap and decode around
+the lookup must not dominate. It prints each side's best round and the median over rounds of
+the same-round ratio. Sizes can be given instead of a budget, e.g. ``low_rank`` at rank 16 on
+every table::
+
+    python benchmarks/throughput.py --methods full low_rank --budget none --options "rank: 16" --min-rows 0
 """
 
 from __future__ import annotations
