@@ -314,7 +314,7 @@ def main() -> None:
         nargs="+",
         default=None,
         help="instead of the reference comparison: time these compression methods against "
-        "full (fm and mlp models, reccomp only), e.g. --methods full hash qr graph_hash",
+        "full (reccomp only, the models of --models), e.g. --methods full hash qr graph_hash",
     )
     p.add_argument(
         "--models",

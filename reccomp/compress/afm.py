@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from reccomp.compress.base import TrainedTable
-from reccomp.compress.low_rank import LowRankConfig, LowRankTable, _project
+from reccomp.compress.low_rank import LowRankConfig, LowRankTable, batched_projection
 from reccomp.compress.registry import register
 
 
@@ -75,7 +75,7 @@ class AFMTable(LowRankTable):
         p = torch.stack(params)  # (n, k + 1, dim): projections, then biases
         if torch.jit.is_scripting():
             return torch.bmm(pooled[0].transpose(0, 1), p[:, :-1]).transpose(0, 1) + p[:, -1]
-        return _project(pooled[0], p[:, :-1]) + p[:, -1]  # (B, n, dim)
+        return batched_projection(pooled[0], p[:, :-1]) + p[:, -1]  # (B, n, dim)
 
 
 AFMConfig.module = AFMTable

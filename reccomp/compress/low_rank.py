@@ -106,7 +106,7 @@ class LowRankTable(TableMethod):
         p = torch.stack(params)  # (n, r, dim)
         if torch.jit.is_scripting():
             return torch.bmm(x.transpose(0, 1), p).transpose(0, 1)  # (B, n, dim) view
-        return _project(x, p)
+        return batched_projection(x, p)
 
     def from_trained(self, src: TrainedTable) -> list[torch.Tensor]:
         """The best rank-r approximation of the trained table (truncated SVD, each row's
@@ -156,7 +156,7 @@ class BatchedProjection(torch.autograd.Function):
 
 
 @torch.jit.unused
-def _project(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+def batched_projection(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return BatchedProjection.apply(x, p)
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-
-from reccomp.data.prepare import transform_dense
 import pytest
 
+from reccomp.data.prepare import transform_dense
 from reccomp.data.synthetic import (
     criteo_cardinalities,
     sample_from,
