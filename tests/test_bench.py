@@ -134,3 +134,27 @@ def test_shipped_bench_config_names() -> None:
         "synthetic-criteo",
         "criteo-kaggle",
     } <= names
+
+
+def test_changed_config_reruns_stale_cells(grid: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs last (it rewrites bench.json): a cell finished with other arguments is rerun, and
+    a post-training cell reruns with the full cell whose checkpoint it compresses."""
+    old_full = json.loads((grid / "cells" / "full-b1-s0.json").read_text())
+    old_svd = json.loads((grid / "cells" / "svd-b0.5-s0.json").read_text())
+    assert old_full["args"][:1] == ["fit"] and old_svd["args"][:1] == ["compress"]
+    cfg = json.loads((grid / "bench.json").read_text())
+    cfg.update(methods=["full", "svd"], budgets=[0.5])
+    cfg["overrides"] += ["--data.eval_batch_size", "512"]  # a changed config
+    path = grid.parent / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    _run(["--config", str(path), "--output", str(grid), "--in-process"])
+    out = capsys.readouterr().out
+    assert "2 finished cells are stale" in out  # full, and svd (it compresses full)
+    assert "2 cells run, 0 failed, 0 reused" in out
+    full = json.loads((grid / "cells" / "full-b1-s0.json").read_text())
+    svd = json.loads((grid / "cells" / "svd-b0.5-s0.json").read_text())
+    assert full["args"][-2:] == ["--data.eval_batch_size", "512"]
+    assert svd["metrics"]["source_checkpoint"] == full["metrics"]["best_checkpoint"]
+    assert svd["metrics"]["source_checkpoint"] != old_svd["metrics"]["source_checkpoint"]
+    # the cells wrote .part files; only the grid publishes (and removes them)
+    assert not list((grid / "cells").glob("*.part"))

@@ -1,10 +1,11 @@
-"""Running a grid: one subprocess per cell (``--quick``: all in this process), resumable,
-a failing cell recorded and skipped.
+"""Running a grid: one subprocess per cell (``--quick`` / ``--in-process``: all in this
+process), resumable, a failing cell recorded and skipped, a cell of a changed config rerun.
 
 Layout of ``results/<name>/``::
 
     bench.json                the resolved bench config (the report reads it)
-    cells/<cell>.json         one result per cell (``status`` ok or failed), written last
+    cells/<cell>.json         one result per cell (``status`` ok or failed, the ``args`` it
+                              ran with), written last, by the grid (the cell writes .part)
     runs/<cell>/version_N/    each cell's run directory (config.yaml, metrics.json, ckpts)
     table.md table.csv timing.md pareto.png     from :mod:`reccomp.bench.report`
 """
@@ -74,19 +75,48 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def cell_done(path: Path) -> bool:
+def cell_done(path: Path, args: list[str] | None = None) -> bool:
+    """Whether the cell at ``path`` finished; with ``args``, also that it ran with those
+    arguments (a cell of a changed config is stale; a cell written before reccomp stored
+    its arguments counts as done)."""
     if not path.exists():
         return False
     try:
-        return json.loads(path.read_text()).get("status") == "ok"
+        data = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
+    return data.get("status") == "ok" and (args is None or data.get("args", args) == args)
+
+
+def _cell_args(cfg: BenchConfig, out: Path, method: str, budget: float, seed: int) -> list[str]:
+    make = compress_args if post_training(method) else fit_args
+    return make(cfg, out, method, budget, seed)
+
+
+def _todo(cfg: BenchConfig, out: Path, force: bool) -> tuple[list[tuple], int]:
+    """The cells to run, in grid order, and how many of them are stale (finished with other
+    arguments, or a post-training cell of a ``full`` cell that reruns: it compresses that
+    cell's checkpoint)."""
+    todo, stale, rerun_full = [], 0, set()
+    for method, budget, seed in cfg.cells():
+        path = out / "cells" / f"{cell_id(method, budget, seed)}.json"
+        try:
+            args = _cell_args(cfg, out, method, budget, seed)
+        except ValueError:  # its full cell has not finished: it cannot have either
+            args = None
+        redo = force or not cell_done(path, args) or (post_training(method) and seed in rerun_full)
+        if redo:
+            todo.append((method, budget, seed))
+            stale += cell_done(path) and not force
+            if method == "full":
+                rerun_full.add(seed)
+    return todo, stale
 
 
 def _run_cell(path: Path, args: list[str], in_process: bool) -> subprocess.CompletedProcess:
-    """One cell: its own Python process (the default: a crash or leak stays in it), or this
-    process (``in_process``: saves the interpreter and import start-up of every cell, which
-    dominates tiny cells)."""
+    """One cell, writing its result to ``path``: its own Python process (the default: a crash
+    or leak stays in it), or this process (``in_process``: saves the interpreter and import
+    start-up of every cell, about 10 s on 2 vCPUs, which dominates small cells)."""
     if not in_process:
         cmd = [sys.executable, "-m", "reccomp.bench.cell", str(path), "--", *args]
         child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -122,34 +152,44 @@ def run_grid(
     (out / "cells").mkdir(exist_ok=True)
     (out / "bench.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     cells = cfg.cells()
-    todo = [c for c in cells if force or not cell_done(out / "cells" / f"{cell_id(*c)}.json")]
+    todo, stale = _todo(cfg, out, force)
     counts = {"skipped": len(cells) - len(todo), "ok": 0, "failed": 0}
     if counts["skipped"]:
         print(f"{counts['skipped']} of {len(cells)} cells already finished (--force reruns them)")
+    if stale:
+        print(
+            f"{stale} finished cells are stale (run with other arguments, or compressing a full "
+            "cell that reruns): rerun"
+        )
     bar = tqdm(todo, desc="bench", unit="cell", dynamic_ncols=True)
     for method, budget, seed in bar:
         cid = cell_id(method, budget, seed)
         bar.set_description(f"bench {cid}")
         path = out / "cells" / f"{cid}.json"
+        # the cell writes `part`; only this process publishes `path`, with the grid's keys,
+        # so a cell that outlives a killed grid never leaves a result without them
+        part = path.with_name(path.name + ".part")
+        part.unlink(missing_ok=True)
         t0 = time.perf_counter()
+        args: list[str] = []
         try:
-            make = compress_args if post_training(method) else fit_args
-            args = make(cfg, out, method, budget, seed)
+            args = _cell_args(cfg, out, method, budget, seed)
         except ValueError as e:
             proc = subprocess.CompletedProcess([], 2, "", f"error: {e}")
         else:
-            proc = _run_cell(path, args, in_process)
+            proc = _run_cell(part, args, in_process)
         secs = time.perf_counter() - t0
         base = {"cell": cid, "method": method, "budget": budget, "seed": seed, "wall_seconds": secs}
-        if proc.returncode == 0 and cell_done(path):
-            data = json.loads(path.read_text())
-            _write(path, {**data, **base})
+        if proc.returncode == 0 and cell_done(part):
+            data = json.loads(part.read_text())
+            _write(path, {**data, **base, "args": args})
+            part.unlink()
             counts["ok"] += 1
         else:
             err = (proc.stderr or proc.stdout)[-3000:]
             lines = [ln for ln in err.strip().splitlines() if ln.strip()]
             _write(path, {**base, "status": "failed", "error": lines[-1] if lines else "",
-                          "log_tail": err, "returncode": proc.returncode})  # fmt: skip
+                          "log_tail": err, "returncode": proc.returncode, "args": args})  # fmt: skip
             counts["failed"] += 1
             tqdm.write(f"{cid}: failed: {lines[-1] if lines else proc.returncode}")
     return counts
