@@ -158,3 +158,22 @@ def test_changed_config_reruns_stale_cells(grid: Path, capsys: pytest.CaptureFix
     assert svd["metrics"]["source_checkpoint"] != old_svd["metrics"]["source_checkpoint"]
     # the cells wrote .part files; only the grid publishes (and removes them)
     assert not list((grid / "cells").glob("*.part"))
+
+
+def test_an_interrupt_that_lightning_swallows_stops_an_in_process_grid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning turns the KeyboardInterrupt of Ctrl-C / SIGTERM into exit code 1: an
+    in-process grid must stop there, not record a failed cell and go on."""
+    import reccomp.bench.cell as cell
+    from reccomp.bench import runner
+
+    def swallowed(argv: list[str]) -> None:
+        runner.INTERRUPTED.set()  # what the signal handler did before Lightning caught it
+        raise SystemExit(1)
+
+    monkeypatch.setattr(cell, "main", swallowed)
+    cfg = BenchConfig(**yaml.safe_load(_bench_yaml(tmp_path).read_text()))
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_grid(cfg, tmp_path / "out", in_process=True)
+    assert not list((tmp_path / "out" / "cells").iterdir())

@@ -17,7 +17,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from reccomp.bench.config import BenchConfig
 from reccomp.bench.report import build_report
-from reccomp.bench.runner import run_grid
+from reccomp.bench.runner import interrupt, run_grid
 
 
 def _parser() -> ArgumentParser:
@@ -41,10 +41,6 @@ def _parser() -> ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="rerun finished cells")
     return p
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def bench_main(argv: list[str]) -> int:
@@ -74,7 +70,8 @@ def bench_main(argv: list[str]) -> int:
         cfg = cfg.quick()
     out = Path(args.output or Path("results") / cfg.name)
     t0 = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops like Ctrl-C
+    # `kill PID` stops like Ctrl-C; both also stop an in-process cell (see runner.INTERRUPTED)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         counts = run_grid(cfg, out, force=args.force, in_process=args.quick or args.in_process)
     except KeyboardInterrupt:
@@ -82,7 +79,8 @@ def bench_main(argv: list[str]) -> int:
         print(f"\ninterrupted: rerun the same command to finish the missing cells of {out}")
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     mins = (time.perf_counter() - t0) / 60
     print(
         f"{counts['ok']} cells run, {counts['failed']} failed, {counts['skipped']} reused, "

@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -27,6 +28,17 @@ from typing import Any
 from tqdm import tqdm
 
 from reccomp.bench.config import BenchConfig, cell_id, post_training
+
+# Set by the bench's SIGINT / SIGTERM handler. Lightning's trainer catches the
+# KeyboardInterrupt the handler raises (its "graceful shutdown") and exits 1, so an
+# in-process cell would otherwise look failed and the grid would go on.
+INTERRUPTED = threading.Event()
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """Signal handler of a running grid: stop the grid and its running cell."""
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
 
 
 def compress_args(cfg: BenchConfig, out: Path, method: str, budget: float, seed: int) -> list[str]:
@@ -139,6 +151,8 @@ def _run_cell(path: Path, args: list[str], in_process: bool) -> subprocess.Compl
     except Exception:
         err.write(traceback.format_exc())
         code = 1
+    if INTERRUPTED.is_set():  # the cell swallowed the interrupt: stop, record nothing
+        raise KeyboardInterrupt
     rc = 0 if code is None else code if isinstance(code, int) else 1  # as a process exits
     return subprocess.CompletedProcess(args, rc, "", err.getvalue())
 
@@ -148,6 +162,7 @@ def run_grid(
 ) -> dict[str, int]:
     """Run every cell not yet finished (all with ``force``); returns counts by outcome.
     ``in_process``: run the cells in this process (see :func:`_run_cell`)."""
+    INTERRUPTED.clear()
     out.mkdir(parents=True, exist_ok=True)
     (out / "cells").mkdir(exist_ok=True)
     (out / "bench.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
