@@ -89,9 +89,9 @@ class FrequencyHashTable(TableMethod):
     @classmethod
     def fit_budget(cls, num_embeddings, dim, config, budget_bytes):
         row, idb, share = dim * BYTES_PER_VALUE, _id_bytes(num_embeddings), config.frequent_share
-        total = int((budget_bytes - 16) // (row + share * idb))  # rows K + H
-        if total < 1:
+        if budget_bytes < row + 16:  # min_bytes: one hashed row, no kept ids
             raise BudgetError("frequency_hash needs at least one row")
+        total = max(int((budget_bytes - 16) // (row + share * idb)), 1)  # rows K + H
         k = min(int(share * total), num_embeddings)
         h = max(total - k, 1)
         while (k + h) * row + k * idb + 16 > budget_bytes:  # rounding: step down

@@ -212,3 +212,27 @@ def test_checkpoint_round_trip(case: tuple[str, dict]) -> None:
     kjt = batch(seed=5)
     torch.testing.assert_close(fresh(kjt).values(), coll(kjt).values())
     assert fresh.memory_bytes() == coll.memory_bytes()
+
+
+def _sized_methods() -> list[str]:
+    """Methods trained at a budget (the post-training ones size themselves from a model)."""
+    out = []
+    for m in method_names():
+        module = type(make_config(m)).module
+        if not module.post_training:
+            out.append(m)
+    return out
+
+
+@pytest.mark.parametrize("method", _sized_methods())
+@pytest.mark.parametrize(("num_embeddings", "dim"), [(10, 16), (1000, 16), (70000, 64)])
+def test_min_bytes_is_reachable(method: str, num_embeddings: int, dim: int) -> None:
+    """The planner trusts ``min_bytes``: a table given exactly that many bytes must fit
+    (frequency_hash once said one row but its sizing needed room for an id map too)."""
+    config = make_config(method)
+    module = type(config).module
+    low = module.min_bytes(num_embeddings, dim, config)
+    fitted = module.fit_budget(num_embeddings, dim, config, low)
+    assert module.table_bytes(num_embeddings, dim, fitted) <= low
+    with pytest.raises(BudgetError):
+        module.fit_budget(num_embeddings, dim, config, low - 1)
