@@ -143,6 +143,9 @@ def _run_cell(path: Path, args: list[str], in_process: bool) -> subprocess.Compl
 
     err = io.StringIO()
     code: int | str | None = 0
+    # as in a process of its own: LightningCLI warns when sys.argv holds arguments besides
+    # the ones it is given (here the bench's), a warning that buried the cells' real errors
+    argv, sys.argv = sys.argv, sys.argv[:1]
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
             cell_main([str(path), "--", *args])
@@ -151,6 +154,8 @@ def _run_cell(path: Path, args: list[str], in_process: bool) -> subprocess.Compl
     except Exception:
         err.write(traceback.format_exc())
         code = 1
+    finally:
+        sys.argv = argv
     if INTERRUPTED.is_set():  # the cell swallowed the interrupt: stop, record nothing
         raise KeyboardInterrupt
     rc = 0 if code is None else code if isinstance(code, int) else 1  # as a process exits
