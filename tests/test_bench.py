@@ -177,3 +177,27 @@ def test_an_interrupt_that_lightning_swallows_stops_an_in_process_grid(
     with pytest.raises(KeyboardInterrupt):
         runner.run_grid(cfg, tmp_path / "out", in_process=True)
     assert not list((tmp_path / "out" / "cells").iterdir())
+
+
+def _cell(method: str, budget: float, seed: int, auc: float, oracle: float) -> dict:
+    metrics = {"test/auc": auc, "test/oracle_auc": oracle, "embeddings/bytes": 100 * budget}
+    metrics["embeddings/ratio"] = budget
+    return {"method": method, "budget": budget, "seed": seed, "status": "ok",
+            "metrics": metrics, "latency_ms": {"1": 1.0, "1024": 2.0}}  # fmt: skip
+
+
+def test_shown_metrics_appear_in_the_table() -> None:
+    """``show`` metrics (the data's oracle AUC) are printed once above the tables."""
+    from reccomp.bench.report import tables
+
+    cfg = BenchConfig(name="t", train_config="x.yaml", methods=["full", "hash"], budgets=[0.5],
+                      seeds=[0, 1], show=["test/oracle_auc"])  # fmt: skip
+    cells = [_cell("full", 1, s, 0.77, 0.8143) for s in (0, 1)]
+    cells += [_cell("hash", 0.5, s, 0.76 + s / 100, 0.8143) for s in (0, 1)]
+    md, rows, _ = tables(cfg, cells)
+    assert "`test/oracle_auc`: 0.8143, over 4 finished cells." in md
+    assert "| hash |  | **0.7650 ± 0.0071** |" in md
+    assert "test/oracle_auc_mean" in rows[0]
+    cells[-1]["metrics"]["test/oracle_auc"] = 0.8
+    md, _, _ = tables(cfg, cells)
+    assert "(range 0.8000 to 0.8143)" in md

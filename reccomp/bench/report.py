@@ -74,6 +74,7 @@ def tables(cfg: BenchConfig, cells: list[dict[str, Any]]) -> tuple[str, list[lis
     methods = [m for m in cfg.methods]
     full = agg.get(("full", 1.0))
     md = [f"# {cfg.name}\n", f"Training config `{cfg.train_config}`, seeds {cfg.seeds}.\n"]
+    md += _shown_lines(cfg, cells)
     for metric in cfg.metrics:
         arrow = "lower is better" if metric in cfg.lower_is_better else "higher is better"
         md.append(f"\n## {metric} ({arrow}; mean ± std over seeds, best per budget in bold)\n")
@@ -135,9 +136,10 @@ def tables(cfg: BenchConfig, cells: list[dict[str, Any]]) -> tuple[str, list[lis
           "| method | budget | train s | train samples/s | latency b=1 ms | latency b=1024 ms | parameters |",
           "|---|---|---|---|---|---|---|"]  # fmt: skip
     for (m, b), r in sorted(agg.items(), key=lambda kv: (methods.index(kv[0][0]), -kv[0][1])):
+        params = "-" if math.isnan(r["params"]) else f"{int(r['params']):,}"
         tm.append(
             f"| {m} | {b:g} | {r['train_s']:.1f} | {r['samples_per_s']:,.0f} | "
-            f"{r['lat1']:.2f} | {r['lat1024']:.2f} | {int(r['params']):,} |"
+            f"{r['lat1']:.2f} | {r['lat1024']:.2f} | {params} |"
         )
     return "\n".join(md) + "\n", rows, "\n".join(tm) + "\n"
 
@@ -168,6 +170,12 @@ def pareto_plot(cfg: BenchConfig, cells: list[dict[str, Any]], path: Path) -> No
         else:
             ax.errorbar(xs, ys, yerr=es, marker=markers[i % len(markers)], capsize=2, label=m,
                         color=colors[(2 * i + i // 10) % len(colors)])  # fmt: skip
+    # a shown metric in the primary metric's units (test/oracle_auc next to test/auc) is a
+    # ceiling or reference line
+    for k in cfg.show:
+        xs = [c["metrics"][k] for c in cells if c.get("status") == "ok" and k in c["metrics"]]
+        if xs and k.endswith(metric.rsplit("/", 1)[-1]):
+            ax.axhline(statistics.fmean(xs), color="grey", ls="--", lw=1, label=k)
     ax.set_xscale("log")
     ax.set_xlabel("embedding memory (bytes, log scale)")
     ax.set_ylabel(metric)
@@ -177,6 +185,21 @@ def pareto_plot(cfg: BenchConfig, cells: list[dict[str, Any]], path: Path) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _shown_lines(cfg: BenchConfig, cells: list[dict[str, Any]]) -> list[str]:
+    """The ``show`` metrics over every finished cell: values of the data rather than of a
+    method (the oracle AUC of the synthetic generator), so one figure each, with its range
+    when the cells disagree."""
+    lines = []
+    for k in cfg.show:
+        xs = [c["metrics"][k] for c in cells if c.get("status") == "ok" and k in c["metrics"]]
+        if not xs:
+            continue
+        lo, hi = min(xs), max(xs)
+        spread = "" if math.isclose(lo, hi, abs_tol=5e-5) else f" (range {lo:.4f} to {hi:.4f})"
+        lines.append(f"`{k}`: {statistics.fmean(xs):.4f}{spread}, over {len(xs)} finished cells.\n")
+    return lines
 
 
 def _failed_lines(failed: list[dict[str, Any]]) -> list[str]:
