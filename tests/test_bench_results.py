@@ -1,5 +1,5 @@
 """The README's bench tables equal those ``reccomp bench report`` rebuilds from the shipped
-result files (``docs/bench/results/<name>.tar.gz``: each grid's ``bench.json`` and cells)."""
+result files (``docs/bench/<name>-results.tar.gz``: each grid's ``bench.json`` and cells)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _readme_section(name: str) -> str:
 
 @pytest.mark.parametrize("name", GRIDS)
 def test_readme_tables_equal_the_rebuilt_report(name: str, tmp_path: Path) -> None:
-    with tarfile.open(ROOT / "docs" / "bench" / "results" / f"{name}.tar.gz") as tar:
+    with tarfile.open(ROOT / "docs" / "bench" / f"{name}-results.tar.gz") as tar:
         tar.extractall(tmp_path, filter="data")
     out = tmp_path / name
     build_report(out)
