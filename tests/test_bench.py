@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +121,27 @@ def test_rerun_finishes_only_missing_cells(grid: Path, capsys: pytest.CaptureFix
     new = json.loads((grid / "cells" / "hash-b0.5-s0.json").read_text())
     assert new["metrics"]["test/rmse"] == old["metrics"]["test/rmse"]  # same seed, same result
     assert (grid / "table.md").read_text() == before
+
+
+def test_a_killed_grid_resumes_to_the_uninterrupted_table(grid: Path, tmp_path: Path) -> None:
+    """SIGKILL the grid process (no handler runs) after its first cell, rerun: only the
+    missing cells run and the table equals the uninterrupted grid's (same seeds)."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "reccomp.cli", "bench", "--config", str(_bench_yaml(tmp_path))]
+    cmd += ["--quick", "--output", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not list(out.glob("cells/*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the grid ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(out.glob("cells/*.json")))
+    assert 1 <= done < 7
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert f"{done} of 7 cells already finished" in result.stdout
+    assert (out / "table.md").read_text() == (grid / "table.md").read_text()
 
 
 @pytest.mark.parametrize("path", BENCH_CONFIGS, ids=lambda p: p.stem)
