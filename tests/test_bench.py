@@ -227,3 +227,15 @@ def test_shown_metrics_appear_in_the_table() -> None:
     cells[-1]["metrics"]["test/oracle_auc"] = 0.8
     md, _, _ = tables(cfg, cells)
     assert "(range 0.8000 to 0.8143)" in md
+
+
+def test_cells_of_other_budgets_stay_out_of_the_table() -> None:
+    """A directory can hold cells of an earlier config: only this grid's cells count,
+    failed ones included."""
+    from reccomp.bench.report import tables
+
+    cfg = BenchConfig(name="t", train_config="x.yaml", methods=["full", "hash"], budgets=[0.5],
+                      seeds=[0])  # fmt: skip
+    stale = {**_cell("hash", 0.25, 0, 0.7, 0.8), "status": "failed", "error": "old budget"}
+    md, _, _ = tables(cfg, [_cell("full", 1, 0, 0.77, 0.8), stale])
+    assert "old budget" not in md and "Failed cells" not in md

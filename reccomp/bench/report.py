@@ -26,16 +26,21 @@ def _stats(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
+def in_grid(cfg: BenchConfig, cell: dict[str, Any]) -> bool:
+    """Whether a result file is a cell of this config (a directory can hold cells of other
+    budgets or seeds, from an earlier config or a command-line override)."""
+    return (
+        cell["method"] in cfg.methods
+        and cell["seed"] in cfg.seeds
+        and (float(cell["budget"]) in {float(b) for b in cfg.budgets} or cell["method"] == "full")
+    )
+
+
 def aggregate(cfg: BenchConfig, cells: list[dict[str, Any]]) -> dict[tuple[str, float], dict]:
     """(method, budget) -> mean/std of every metric over seeds, memory, timing."""
     groups: dict[tuple[str, float], list[dict]] = {}
     for c in cells:
-        if (
-            c.get("status") == "ok"
-            and c["method"] in cfg.methods
-            and c["seed"] in cfg.seeds
-            and (float(c["budget"]) in {float(b) for b in cfg.budgets} or c["method"] == "full")
-        ):
+        if c.get("status") == "ok" and in_grid(cfg, c):
             groups.setdefault((c["method"], float(c["budget"])), []).append(c)
     agg = {}
     for key, cs in groups.items():
@@ -123,7 +128,7 @@ def tables(cfg: BenchConfig, cells: list[dict[str, Any]]) -> tuple[str, list[lis
                 f"{agg[(m, b)]['ratio']:.3f}" if (m, b) in agg else "" for b in budgets
             ]) + " |"
         )  # fmt: skip
-    failed = [c for c in cells if c.get("status") != "ok" and c["method"] in cfg.methods]
+    failed = [c for c in cells if c.get("status") != "ok" and in_grid(cfg, c)]
     if failed:
         md.append("\n## Failed cells\n")
         md += _failed_lines(failed)
@@ -173,7 +178,11 @@ def pareto_plot(cfg: BenchConfig, cells: list[dict[str, Any]], path: Path) -> No
     # a shown metric in the primary metric's units (test/oracle_auc next to test/auc) is a
     # ceiling or reference line
     for k in cfg.show:
-        xs = [c["metrics"][k] for c in cells if c.get("status") == "ok" and k in c["metrics"]]
+        xs = [
+            c["metrics"][k]
+            for c in cells
+            if c.get("status") == "ok" and in_grid(cfg, c) and k in c["metrics"]
+        ]
         if xs and k.endswith(metric.rsplit("/", 1)[-1]):
             ax.axhline(statistics.fmean(xs), color="grey", ls="--", lw=1, label=k)
     ax.set_xscale("log")
@@ -193,7 +202,11 @@ def _shown_lines(cfg: BenchConfig, cells: list[dict[str, Any]]) -> list[str]:
     when the cells disagree."""
     lines = []
     for k in cfg.show:
-        xs = [c["metrics"][k] for c in cells if c.get("status") == "ok" and k in c["metrics"]]
+        xs = [
+            c["metrics"][k]
+            for c in cells
+            if c.get("status") == "ok" and in_grid(cfg, c) and k in c["metrics"]
+        ]
         if not xs:
             continue
         lo, hi = min(xs), max(xs)

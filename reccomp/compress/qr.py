@@ -104,8 +104,11 @@ class QRTable(TableMethod):
     def fit_budget(cls, num_embeddings, dim, config, budget_bytes):
         row = _width(dim, config) * BYTES_PER_VALUE
         n = num_embeddings
-        # rows(c) falls as c grows up to sqrt(n): the smallest c that fits keeps most rows
-        lo, hi = 2, max(2, math.isqrt(n) + 1)
+        # rows(c) = ceil(n / c) + c does not rise as c grows to its minimum, at isqrt(n) or
+        # one more (as in min_bytes: at a perfect square isqrt(n) + 1 costs a row more); the
+        # smallest c that fits keeps most rows
+        c0 = max(1, math.isqrt(n))
+        lo, hi = 1, c0 if _rows(n, c0) <= _rows(n, c0 + 1) else c0 + 1
         if _rows(n, hi) * row > budget_bytes:
             raise BudgetError("qr needs about 2 sqrt(n) rows")
         while lo < hi:

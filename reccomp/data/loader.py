@@ -117,11 +117,20 @@ class BatchIterator:
 def user_item_csr(
     users: np.ndarray, items: np.ndarray, n_users: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr (U+1,), items) of the distinct items of each user row."""
-    pairs = np.unique(np.stack([users.astype(np.int64), items.astype(np.int64)], 1), axis=0)
-    indptr = np.zeros(n_users + 1, np.int64)
-    np.add.at(indptr, pairs[:, 0] + 1, 1)
-    return np.cumsum(indptr), pairs[:, 1]
+    """CSR (indptr (U+1,), items) of the distinct items of each user row, items sorted.
+
+    Example:
+        >>> user_item_csr(np.array([1, 0, 1, 1]), np.array([5, 2, 3, 5]), n_users=3)
+        (array([0, 1, 3, 3]), array([2, 3, 5]))
+    """
+    # one int64 key per pair and a plain sort: np.unique over (N, 2) rows (or over 1-d keys,
+    # which hashes in numpy 2) took 1.1 s on 400k pairs, this 0.03 s; it runs per eval loader
+    width = int(items.max()) + 1 if len(items) else 1
+    keys = np.sort(users.astype(np.int64) * width + items.astype(np.int64))  # (N,)
+    if len(keys):
+        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]  # (P,) distinct pairs
+    counts = np.bincount(keys // width, minlength=n_users)  # (U,)
+    return np.concatenate([np.zeros(1, np.int64), np.cumsum(counts)]), keys % width
 
 
 class RetrievalIterator:
