@@ -239,3 +239,20 @@ def test_cells_of_other_budgets_stay_out_of_the_table() -> None:
     stale = {**_cell("hash", 0.25, 0, 0.7, 0.8), "status": "failed", "error": "old budget"}
     md, _, _ = tables(cfg, [_cell("full", 1, 0, 0.77, 0.8), stale])
     assert "old budget" not in md and "Failed cells" not in md
+
+
+def test_lightning_info_lines_of_an_in_process_cell_go_to_its_stderr() -> None:
+    """They held the real stderr and broke the progress bar."""
+    import io
+    import logging
+
+    import lightning.pytorch  # noqa: F401  (installs its handlers)
+
+    from reccomp.bench.runner import _lightning_logs_to
+
+    before = logging.getLogger("lightning.pytorch").handlers
+    stream = io.StringIO()
+    with _lightning_logs_to(stream):
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").info("Seed set to 0")
+    assert stream.getvalue() == "Seed set to 0\n"
+    assert logging.getLogger("lightning.pytorch").handlers is before

@@ -16,12 +16,14 @@ import contextlib
 import dataclasses
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,22 @@ def _todo(cfg: BenchConfig, out: Path, force: bool) -> tuple[list[tuple], int]:
     return todo, stale
 
 
+@contextlib.contextmanager
+def _lightning_logs_to(stream: io.StringIO) -> Iterator[None]:
+    """Lightning's loggers hold the real stderr (redirect_stderr misses them): their info
+    lines ("Seed set to 0", "GPU available") would break the progress bar of an in-process
+    grid. Send them where the cell's stderr goes for the time of the cell."""
+    loggers = [logging.getLogger(n) for n in ("lightning", "lightning.pytorch", "lightning.fabric")]
+    saved = [lg.handlers for lg in loggers]
+    for lg in loggers:
+        lg.handlers = [logging.StreamHandler(stream)] if lg.handlers else []
+    try:
+        yield
+    finally:
+        for lg, handlers in zip(loggers, saved, strict=True):
+            lg.handlers = handlers
+
+
 def _run_cell(path: Path, args: list[str], in_process: bool) -> subprocess.CompletedProcess:
     """One cell, writing its result to ``path``: its own Python process (the default: a crash
     or leak stays in it), or this process (``in_process``: saves the interpreter and import
@@ -147,7 +165,11 @@ def _run_cell(path: Path, args: list[str], in_process: bool) -> subprocess.Compl
     # the ones it is given (here the bench's), a warning that buried the cells' real errors
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(err),
+            _lightning_logs_to(err),
+        ):
             cell_main([str(path), "--", *args])
     except SystemExit as e:  # argparse, LightningCLI and budget errors exit
         code = e.code
