@@ -29,12 +29,13 @@ def test_readme_tables_equal_the_rebuilt_report(name: str, tmp_path: Path) -> No
     out = tmp_path / name
     build_report(out)
     rebuilt = (out / "table.md").read_text() + (out / "timing.md").read_text()
+    section = _readme_section(name)
     rows = [
         line
-        for line in _readme_section(name).splitlines()
+        for line in section.splitlines()
         if line.startswith("| ") and not line.startswith("| method")
     ]
     assert len(rows) > 40  # the quality, lost-quality and memory tables at least
     assert [r for r in rows if r not in rebuilt] == []
     shown = [line for line in rebuilt.splitlines() if line.startswith("`test/oracle_auc`")]
-    assert all(line in _readme_section(name) for line in shown)
+    assert all(line in section for line in shown)

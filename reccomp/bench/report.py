@@ -178,11 +178,7 @@ def pareto_plot(cfg: BenchConfig, cells: list[dict[str, Any]], path: Path) -> No
     # a shown metric in the primary metric's units (test/oracle_auc next to test/auc) is a
     # ceiling or reference line
     for k in cfg.show:
-        xs = [
-            c["metrics"][k]
-            for c in cells
-            if c.get("status") == "ok" and in_grid(cfg, c) and k in c["metrics"]
-        ]
+        xs = _shown_values(cfg, cells, k)
         if xs and k.endswith(metric.rsplit("/", 1)[-1]):
             ax.axhline(statistics.fmean(xs), color="grey", ls="--", lw=1, label=k)
     ax.set_xscale("log")
@@ -196,17 +192,22 @@ def pareto_plot(cfg: BenchConfig, cells: list[dict[str, Any]], path: Path) -> No
     plt.close(fig)
 
 
+def _shown_values(cfg: BenchConfig, cells: list[dict[str, Any]], key: str) -> list[float]:
+    """``key`` of every finished cell of the grid that has it."""
+    return [
+        c["metrics"][key]
+        for c in cells
+        if c.get("status") == "ok" and in_grid(cfg, c) and key in c["metrics"]
+    ]
+
+
 def _shown_lines(cfg: BenchConfig, cells: list[dict[str, Any]]) -> list[str]:
     """The ``show`` metrics over every finished cell: values of the data rather than of a
     method (the oracle AUC of the synthetic generator), so one figure each, with its range
     when the cells disagree."""
     lines = []
     for k in cfg.show:
-        xs = [
-            c["metrics"][k]
-            for c in cells
-            if c.get("status") == "ok" and in_grid(cfg, c) and k in c["metrics"]
-        ]
+        xs = _shown_values(cfg, cells, k)
         if not xs:
             continue
         lo, hi = min(xs), max(xs)

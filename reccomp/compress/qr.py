@@ -64,6 +64,13 @@ def _rows(n: int, c: int) -> int:
     return ceil_div(n, c) + c
 
 
+def _fewest(n: int) -> int:
+    """The c with the fewest rows ceil(n / c) + c: isqrt(n) or one more (at a perfect square
+    one more costs a row more). ``min_bytes`` and ``fit_budget`` both end there."""
+    c = max(1, math.isqrt(n))
+    return c if _rows(n, c) <= _rows(n, c + 1) else c + 1
+
+
 class QRTable(TableMethod):
     """Rows ``x // c`` (quotient table) and ``x % c`` (remainder table).
 
@@ -96,19 +103,16 @@ class QRTable(TableMethod):
 
     @classmethod
     def min_bytes(cls, num_embeddings: int, dim: int, config: MethodConfig) -> int:
-        c = max(1, math.isqrt(num_embeddings))
-        best = min(_rows(num_embeddings, k) for k in (c, c + 1))
-        return best * _width(dim, config) * BYTES_PER_VALUE
+        return (
+            _rows(num_embeddings, _fewest(num_embeddings)) * _width(dim, config) * BYTES_PER_VALUE
+        )
 
     @classmethod
     def fit_budget(cls, num_embeddings, dim, config, budget_bytes):
         row = _width(dim, config) * BYTES_PER_VALUE
         n = num_embeddings
-        # rows(c) = ceil(n / c) + c does not rise as c grows to its minimum, at isqrt(n) or
-        # one more (as in min_bytes: at a perfect square isqrt(n) + 1 costs a row more); the
-        # smallest c that fits keeps most rows
-        c0 = max(1, math.isqrt(n))
-        lo, hi = 1, c0 if _rows(n, c0) <= _rows(n, c0 + 1) else c0 + 1
+        # rows(c) does not rise as c grows to _fewest(n): the smallest c that fits keeps most rows
+        lo, hi = 1, _fewest(n)
         if _rows(n, hi) * row > budget_bytes:
             raise BudgetError("qr needs about 2 sqrt(n) rows")
         while lo < hi:
