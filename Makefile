@@ -30,7 +30,7 @@ $(STAMP): $(REQ_BUILD) requirements/base.txt requirements/dev.txt pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/reccomp fit --config configs/synthetic-movielens-mf.yaml --trainer.enable_progress_bar false
+	$(BIN)/reccomp fit --config configs/synthetic-movielens-mf.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

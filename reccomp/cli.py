@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from reccomp.console import EpochProgressBar, is_verbose, quiet, verbose_requested
 from reccomp.data.datamodule import RecDataModule
 from reccomp.runtime import tune_malloc
 from reccomp.tasks.base import RecTask
@@ -96,6 +97,16 @@ class RecCLI(LightningCLI):
             print(f"error: {_innermost(str(e))}", file=sys.stderr)
             raise SystemExit(2) from None
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # one bar per epoch (or a summary line off a terminal) unless the config turns bars
+        # off or brings its own
+        given = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in given
+        ):
+            callbacks = [*callbacks, EpochProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.schema_dict", "model.init_args.schema", apply_on="instantiate")
 
@@ -135,6 +146,9 @@ class RecCLI(LightningCLI):
             print(self.trainer.log_dir)
             return
         ckpt = self._best_ckpt()
+        cb = self.trainer.checkpoint_callback
+        if isinstance(cb, ModelCheckpoint) and cb.best_model_score is not None and ckpt:
+            print(f"Best {cb.monitor} {float(cb.best_model_score):.4g} ({Path(ckpt).name}): test")
         fast = bool(self.trainer.fast_dev_run)
         ckpt_arg = None if fast or ckpt is None else ckpt
         self.trainer.validate(
@@ -198,15 +212,46 @@ def run_cli(argv: list[str] | None) -> RecCLI:
             # key and finds no CPU kernel, so evaluation runs under no_grad instead
             "inference_mode": False,
             "log_every_n_steps": 20,
+            "enable_model_summary": is_verbose(),
         },
         args=argv,
     )
 
 
+# one line per subcommand: `reccomp --help`
+SUBCOMMANDS = {
+    "fit": "train from a config: validate every epoch, then test the best checkpoint",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the test split",
+    "predict": "write a checkpoint's predictions (predictions.csv in the run directory)",
+    "compress": "compress a trained checkpoint (svd, fwsvd, afm, maestro), evaluate, fine-tune",
+    "bench": "run a grid of methods x budgets x seeds, or rebuild its report",
+    "data": "download, prepare and inspect data sets",
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [
+        "usage: reccomp SUBCOMMAND [options]   (reccomp SUBCOMMAND --help: its options)",
+        "",
+        "Train, compress, compare and evaluate recommender models with compressed TorchRec",
+        "embedding tables.",
+        "",
+        "subcommands:",
+        *(f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()),
+        "",
+        "options:",
+        "  --verbose   show everything Lightning and the dependencies print (or RECCOMP_VERBOSE=1)",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     from_command_line = argv is None
+    verbose, argv = verbose_requested(list(sys.argv[1:] if argv is None else argv))
+    quiet(verbose)
     tune_malloc()
-    argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":
         from reccomp.data.cli import data_main
 
@@ -219,9 +264,14 @@ def main(argv: list[str] | None = None) -> None:
         from reccomp.bench.cli import bench_main
 
         sys.exit(bench_main(argv[1:]))
-    if not argv or argv[0] not in (*RUN_SUBCOMMANDS, "-h", "--help"):
-        print(__doc__)
-        sys.exit(0 if not argv else 2)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        sys.exit(0)
+    if argv[0] not in RUN_SUBCOMMANDS:
+        print(f"error: unknown subcommand {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    if from_command_line:
+        sys.argv = [sys.argv[0], *argv]  # LightningCLI reads sys.argv; --verbose is ours
     run_cli(None if from_command_line else argv)
 
 

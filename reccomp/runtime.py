@@ -4,7 +4,7 @@ glibc serves allocations above a (dynamic) threshold with fresh ``mmap`` pages a
 them on free, so every training step that allocates large temporaries (FBGEMM's backward
 pass does, for the sorted indices and per-row gradients) pays page faults for them again.
 Keeping such blocks on the heap roughly halves the time of a fused-Adagrad step here
-(see the README's speed figures). This is what ``MALLOC_MMAP_THRESHOLD_`` /
+(see docs/performance.md). This is what ``MALLOC_MMAP_THRESHOLD_`` /
 ``MALLOC_TRIM_THRESHOLD_`` or a jemalloc / tcmalloc preload do; :func:`tune_malloc` does it
 from inside the process. The ``reccomp`` command calls it; library users may too.
 

@@ -250,9 +250,14 @@ def test_lightning_info_lines_of_an_in_process_cell_go_to_its_stderr() -> None:
 
     from reccomp.bench.runner import _lightning_logs_to
 
-    before = logging.getLogger("lightning.pytorch").handlers
+    logger = logging.getLogger("lightning.pytorch")
+    before, level = logger.handlers, logger.level
+    logger.setLevel(logging.INFO)  # as with --verbose (quiet() raises it to WARNING)
     stream = io.StringIO()
-    with _lightning_logs_to(stream):
-        logging.getLogger("lightning.pytorch.utilities.rank_zero").info("Seed set to 0")
+    try:
+        with _lightning_logs_to(stream):
+            logging.getLogger("lightning.pytorch.utilities.rank_zero").info("Seed set to 0")
+    finally:
+        logger.setLevel(level)
     assert stream.getvalue() == "Seed set to 0\n"
-    assert logging.getLogger("lightning.pytorch").handlers is before
+    assert logger.handlers is before

@@ -1,4 +1,4 @@
-"""Real training runs (seconds each): the quality bounds the README promises."""
+"""Real training runs (seconds each): the quality bounds the docs promise."""
 
 from __future__ import annotations
 

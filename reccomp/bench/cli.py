@@ -45,9 +45,14 @@ def _parser() -> ArgumentParser:
 
 def bench_main(argv: list[str]) -> int:
     if argv[:1] == ["report"]:
-        if len(argv) != 2:
-            print("usage: reccomp bench report RESULTS_DIR", file=sys.stderr)
-            return 2
+        if len(argv) != 2 or argv[1] in ("-h", "--help"):
+            help_asked = argv[1:] in (["-h"], ["--help"])
+            print(
+                "usage: reccomp bench report RESULTS_DIR\n\nRebuild table.md, table.csv, "
+                "timing.md and pareto.png from a grid's result files (no training).",
+                file=sys.stdout if help_asked else sys.stderr,
+            )
+            return 0 if help_asked else 2
         out = Path(argv[1])
         if not (out / "bench.json").exists():
             print(f"error: {out} holds no bench results (bench.json)", file=sys.stderr)

@@ -39,7 +39,7 @@ class MaestroConfig(LowRankConfig):
             drives trailing ranks to zero (0 = off). Default 1e-4: on DeepFM / ml-1m-head
             it is what keeps truncations to r/2, r/4 and r/8 within 0.003 AUC of models
             trained at those ranks (without it the full-rank model comes out overconfident
-            and r/8 loses 0.004; see the README).
+            and r/8 loses 0.004; see docs/methods.md).
         prefix_sampling: which rank prefixes a sample keeps: ``uniform`` (the paper: every
             ``4 k`` equally likely), ``log`` (``4 k`` with probability ~ ``1 / k``: each
             doubling of the rank about equally often) or ``halving`` (only ``r, r/2, r/4,

@@ -118,10 +118,8 @@ class RecDataModule(pl.LightningDataModule):
         if self.schema_ is not None:
             return self.schema_
         out = self.prepared_dir()
-        if is_complete(out):
-            if verbose:
-                print(f"Using prepared data at {out} (cached)")
-        else:
+        cached = is_complete(out)
+        if not cached:
             t0 = time.perf_counter()
             if verbose:
                 print(f"Preparing {self.dataset} ({self.task}) into {out} ...")
@@ -135,8 +133,12 @@ class RecDataModule(pl.LightningDataModule):
                 writer.abort()
                 raise
             if verbose:
-                print(f"Prepared in {time.perf_counter() - t0:.1f} s: {schema.splits}")
+                print(f"Prepared in {time.perf_counter() - t0:.1f} s")
         self.schema_ = Schema.load(out)
+        if verbose:
+            rows = ", ".join(f"{k} {v:,}" for k, v in self.schema_.splits.items())
+            where = "prepared data, cached" if cached else "prepared data"
+            print(f"Data: {self.dataset} ({self.task}), rows: {rows} ({where} at {out})")
         return self.schema_
 
     def prepare_data(self) -> None:

@@ -81,6 +81,9 @@ class RecTask(pl.LightningModule):
             schema = schema.to_dict()
         embeddings = dataclasses.replace(embeddings)  # never share the default instance
         self.save_hyperparameters(ignore=["model", "optimizer"])
+        # plain data in checkpoints: torch.load(weights_only=True) refuses reccomp's classes
+        self.hparams["embeddings"] = dataclasses.asdict(embeddings)
+        self.hparams["schema"] = schema
         self.schema = Schema.from_dict(schema)
         self.spec = embeddings
         self.optimizer_factory = optimizer
