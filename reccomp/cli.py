@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint, ProgressBar
@@ -66,7 +67,8 @@ def _innermost(msg: str) -> str:
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes ``predictions.csv`` (label, prediction) into the run directory."""
+    """Writes ``predictions.csv``: each row's raw feature values (one column per field, as a
+    served model takes them), its label and the prediction."""
 
     def __init__(self) -> None:
         super().__init__(write_interval="epoch")
@@ -74,15 +76,52 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(
         self, trainer: Trainer, pl_module: Any, predictions: Any, batch_indices: Any
     ) -> None:
+        import csv
+
         preds = torch.cat([p.reshape(-1) for p in predictions]).float()
-        labels = torch.cat([b.labels for b in trainer.predict_dataloaders])  # type: ignore[union-attr]
+        batches = list(trainer.predict_dataloaders)  # type: ignore[arg-type]
+        labels = torch.cat([b.labels for b in batches])
+        columns = _raw_columns(trainer, batches)
         out = Path(trainer.log_dir or ".") / "predictions.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w") as f:
-            f.write("label,prediction\n")
-            for y, p in zip(labels.tolist(), preds.tolist(), strict=True):
-                f.write(f"{y:g},{p:.6g}\n")
+        with out.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow([*columns, "label", "prediction"])
+            cols = list(columns.values())
+            for i, (y, p) in enumerate(zip(labels.tolist(), preds.tolist(), strict=True)):
+                w.writerow([*(c[i] for c in cols), f"{y:g}", f"{p:.9g}"])
         print(f"Wrote {len(preds)} predictions to {out}")
+
+
+def _raw_columns(trainer: Trainer, batches: list[Any]) -> dict[str, list[str]]:
+    """Raw values of every field for the predicted rows (empty when the data module has no
+    prepared schema)."""
+    from reccomp.export.fields import raw_columns
+
+    dm = trainer.datamodule
+    schema = getattr(dm, "schema", None)
+    if schema is None or schema.root is None:
+        return {}
+    single = [f.name for f in schema.sparse if f.max_len == 1]
+    sparse, dense = [], []
+    bags: dict[str, list[np.ndarray]] = {f.name: [] for f in schema.sparse if f.max_len > 1}
+    for b in batches:
+        jts = b.sparse.to_dict()
+        cols = [jts[name].values().numpy() for name in single]
+        sparse.append(np.stack(cols, 1) if cols else np.zeros((len(b), 0), np.int64))
+        for name, parts in bags.items():
+            jt = jts[name]
+            width = max(int(jt.lengths().max()) if len(b) else 0, 1)
+            parts.append(jt.to_padded_dense(desired_length=width, padding_value=-1).numpy())
+        dense.append(b.dense.numpy())
+    stacked = {k: _pad_cat(v) for k, v in bags.items()}
+    return raw_columns(schema, dm.dataset, np.concatenate(sparse), stacked, np.concatenate(dense))
+
+
+def _pad_cat(parts: list[np.ndarray]) -> np.ndarray:
+    width = max(p.shape[1] for p in parts)
+    return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=-1)
+                           for p in parts])  # fmt: skip
 
 
 class RecCLI(LightningCLI):
@@ -225,6 +264,8 @@ SUBCOMMANDS = {
     "test": "evaluate a checkpoint on the test split",
     "predict": "write a checkpoint's predictions (predictions.csv in the run directory)",
     "compress": "compress a trained checkpoint (svd, fwsvd, afm, maestro), evaluate, fine-tune",
+    "export": "export a checkpoint for serving (torch.export program, optionally quantized)",
+    "serve": "serve an exported model over HTTP (POST /predict, /recommend)",
     "bench": "run a grid of methods x budgets x seeds, or rebuild its report",
     "data": "download, prepare and inspect data sets",
 }
@@ -260,6 +301,14 @@ def main(argv: list[str] | None = None) -> None:
         from reccomp.compress.cli import compress_main
 
         sys.exit(compress_main(argv[1:]))
+    if argv and argv[0] == "export":
+        from reccomp.export.cli import export_main
+
+        sys.exit(export_main(argv[1:]))
+    if argv and argv[0] == "serve":
+        from reccomp.serving.cli import serve_main
+
+        sys.exit(serve_main(argv[1:]))
     if argv and argv[0] == "bench":
         from reccomp.bench.cli import bench_main
 

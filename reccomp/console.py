@@ -49,8 +49,12 @@ def quiet_loggers() -> None:
     """Lightning's and torchrec's info lines off (warnings filters untouched)."""
     for name in _CHATTY:
         logging.getLogger(name).setLevel(logging.WARNING)
-    # torch.fx warns about its own API each time torchrec traces (nothing a user can act on)
-    logging.getLogger("torch.fx").setLevel(logging.ERROR)
+    # torch.fx warns about its own API each time torchrec traces, torch.export's serializer
+    # about symbols it dropped, torchrec (on the root logger) about exporting KJTs: nothing a
+    # user can act on
+    for name in ("torch.fx", "torch._export", "torch.export"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)
 
 
 def is_verbose() -> bool:

@@ -190,7 +190,7 @@ def test_test_and_predict_from_checkpoint(
     run_cli(["predict", *cfg, "--ckpt_path", ckpt, *quiet])
     pred_dir = tmp_path / capsys.readouterr().out.strip().splitlines()[-1]
     lines = (pred_dir / "predictions.csv").read_text().splitlines()
-    assert lines[0] == "label,prediction" and len(lines) == 301  # the 10% test split
+    assert lines[0] == "user,item,label,prediction" and len(lines) == 301  # the 10% test split
 
 
 def test_data_prepare_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

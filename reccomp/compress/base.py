@@ -171,7 +171,11 @@ class TableMethod(nn.Module):
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def memory_bytes(self) -> int:
-        return self.map_bytes() + sum(t.rows * t.width * BYTES_PER_VALUE for t in self.tables())
+        # a quantized serving copy knows its tables' stored bytes (reccomp.export.program)
+        stored: dict[str, int] = getattr(self, "storage_bytes", {})
+        return self.map_bytes() + sum(
+            stored.get(t.suffix, t.rows * t.width * BYTES_PER_VALUE) for t in self.tables()
+        )
 
     def resize(self, rows: list[int], widths: list[int] | None = None) -> None:
         """Set storage rows (and widths, for methods whose data decides them): a checkpoint

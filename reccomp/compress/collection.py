@@ -200,7 +200,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
         kjt = KeyedJaggedTensor(
             keys=self._storage_keys, values=torch.cat(values), lengths=torch.cat(lengths)
         )
-        pooled = self.storage(kjt).values()  # (B, sum of storage widths)
+        pooled = _in_order(self.storage(kjt), self._storage_keys)  # (B, sum of widths)
         if self.detach_storage:
             pooled = pooled.detach()
         if self._passthrough:
@@ -381,6 +381,15 @@ class CompressedEmbeddingBagCollection(nn.Module):
             self.storage, self._storage_factory = storage, factory
         out.storage = plain
         return out.eval()
+
+
+def _in_order(kt: KeyedTensor, keys: list[str]) -> torch.Tensor:
+    """The pooled rows of ``keys``, side by side in that order. A sharded or quantized
+    storage may return its tables in another order (grouped by rank or data type): read by
+    key, never by position."""
+    if kt.keys() == keys:
+        return kt.values()
+    return torch.cat([kt[k] for k in keys], dim=1)
 
 
 def build_collection(
