@@ -152,7 +152,7 @@ def write_artifact(
     with torch.no_grad():
         raw = prog(*example)[0]
         if quantize == "none":
-            parity = float((raw - task(batch)).abs().max())
+            parity = float((raw - task.model(batch.dense, batch.sparse)).abs().max())
     program = export_program(prog, example)
     torch.export.save(program, str(out / "model.pt2"))
     loaded = torch.export.load(str(out / "model.pt2")).module()

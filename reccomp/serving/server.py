@@ -43,13 +43,16 @@ class MicroBatcher:
         self.max_wait = max_wait_ms / 1000.0
         self.queue: asyncio.Queue[tuple[Encoded, asyncio.Future[np.ndarray]]] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.calls = 0
 
     async def predict(self, enc: Encoded) -> np.ndarray:
-        if self.queue is None:
-            self.queue = asyncio.Queue()
-            self.task = asyncio.get_running_loop().create_task(self._loop())
-        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # first request, or a new event loop (test clients)
+            self.loop, self.queue = loop, asyncio.Queue()
+            self.task = loop.create_task(self._loop())
+        assert self.queue is not None
+        fut: asyncio.Future[np.ndarray] = loop.create_future()
         await self.queue.put((enc, fut))
         return await fut
 
