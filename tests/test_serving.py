@@ -198,3 +198,17 @@ def test_retrieval_model_recommends(tmp_path: Path) -> None:
         got = client.post("/recommend", json={"user": 3, "k": 5, "exclude": [1, 2]}).json()
         assert [it["item"] for it in got["items"]] == [it for it, _ in top]
         assert client.post("/recommend", json={"user": 3, "k": 0}).status_code == 422
+
+
+@pytest.mark.slow
+def test_aoti_package_predicts_the_same(ml100k_ctr: tuple[str, list], tmp_path: Path) -> None:
+    ckpt, preds = ml100k_ctr
+    rows, want = _rows(preds, 30)
+    out = tmp_path / "aoti"
+    assert export_main(["--ckpt", ckpt, "--quantize", "int8", "--aoti", "--output", str(out)]) == 0
+    compiled = load(out)  # auto: the AOTInductor package
+    assert compiled.backend == "aoti"
+    interpreted = load(out, backend="export")
+    np.testing.assert_allclose(compiled.predict(rows), interpreted.predict(rows), atol=1e-5)
+    np.testing.assert_allclose(compiled.predict(rows[:1]), interpreted.predict(rows[:1]), atol=1e-5)
+    np.testing.assert_allclose(compiled.predict(rows), want, atol=0.05)

@@ -153,13 +153,14 @@ def write_artifact(
         raw = prog(*example)[0]
         if quantize == "none":
             parity = float((raw - task.model(batch.dense, batch.sparse)).abs().max())
-    program = export_program(prog, example)
+    program, min_batch = export_program(prog, example)
     torch.export.save(program, str(out / "model.pt2"))
     loaded = torch.export.load(str(out / "model.pt2")).module()
     with torch.no_grad():
         drift = float((loaded(*example)[0] - raw).abs().max())
     aoti_file = None
-    if aoti:
+    if aoti:  # compiled C++ of the same graph: no per-operator Python dispatch
+        program.example_inputs = (example, {})  # AOTInductor wants them; model.pt2 does not
         torch._inductor.aoti_compile_and_package(program, package_path=str(out / "model.aoti.pt2"))
         aoti_file = "model.aoti.pt2"
 
@@ -182,8 +183,9 @@ def write_artifact(
         "program": {
             "file": "model.pt2",
             "aoti": aoti_file,
+            "min_batch": min_batch,
             "inputs": {
-                "dense": "(B, D) float32, transformed dense features (B >= 2)",
+                "dense": f"(B, D) float32, transformed dense features (B >= {min_batch})",
                 "values": "(N,) int64 rows, field-major as a KeyedJaggedTensor's",
                 "lengths": "(F * B,) int64 values per field and row",
             },

@@ -16,7 +16,7 @@ it: only the storage tables change, remaps and decodes are untouched.
 Example::
 
     prog = serving_program(task, quantize="int8")
-    ep = export_program(prog, example_batch)
+    ep, min_batch = export_program(prog, example_inputs(batch))
     torch.export.save(ep, "model.pt2")
 """
 
@@ -175,20 +175,32 @@ def example_inputs(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 def export_program(
     prog: ServingProgram, example: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-) -> torch.export.ExportedProgram:
-    """``torch.export`` (non-strict) with dynamic batch size and value count.
+) -> tuple[torch.export.ExportedProgram, int]:
+    """``torch.export`` (non-strict) with dynamic batch size and value count; returns the
+    program and the smallest batch it takes.
 
-    The batch size is at least 2 (export specializes sizes 0 and 1; the predictor pads a
-    single row), values at least 1 per field in the example.
+    Export specializes sizes 0 and 1 unless told not to: with ``backed_size_oblivious`` a
+    model whose graph does not depend on a batch of one being special exports for batches
+    of 1 and more; others fall back to batches of 2 and more (the predictor pads).
     """
+    import torch.fx.experimental._config as fx_config
+
     dim = torch.export.Dim
-    batch = dim("batch", min=2, max=1 << 24)
-    values = dim("values", min=1, max=1 << 30)
-    shapes = {"dense": {0: batch}, "values": {0: values}, "lengths": {0: len(prog.keys) * batch}}
-    with torch.no_grad():
-        ep = torch.export.export(prog, example, dynamic_shapes=shapes, strict=False)
-    ep.example_inputs = None  # else saved with the program: a batch of training data
-    return ep
+    for min_batch in (1, 2):
+        batch = dim("batch", min=min_batch, max=1 << 24)
+        values = dim("values", min=1, max=1 << 30)
+        shapes = {"dense": {0: batch}, "values": {0: values},
+                  "lengths": {0: len(prog.keys) * batch}}  # fmt: skip
+        try:
+            with fx_config.patch(backed_size_oblivious=min_batch == 1), torch.no_grad():
+                ep = torch.export.export(prog, example, dynamic_shapes=shapes, strict=False)
+        except Exception:
+            if min_batch == 2:
+                raise
+            continue
+        ep.example_inputs = None  # else saved with the program: a batch of training data
+        return ep, min_batch
+    raise AssertionError("unreachable")
 
 
 def turn_off_bounds_checks(prog: nn.Module) -> None:
@@ -197,5 +209,7 @@ def turn_off_bounds_checks(prog: nn.Module) -> None:
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
 
     for m in prog.modules():
-        if hasattr(m, "bounds_check_mode_int"):
-            m.bounds_check_mode_int = BoundsCheckMode.NONE.value
+        # the quantized collection keeps its TBEs in a plain list, not as submodules
+        for tbe in [m, *getattr(m, "_emb_modules", [])]:
+            if hasattr(tbe, "bounds_check_mode_int"):
+                tbe.bounds_check_mode_int = BoundsCheckMode.NONE.value

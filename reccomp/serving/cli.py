@@ -1,7 +1,7 @@
 """``reccomp serve DIR``: serve an exported model over HTTP (see :mod:`.server`).
 
 reccomp serve runs/X/version_0/export/none [--host 127.0.0.1] [--port 8000] [--workers N]
-    [--max-rows 10000] [--max-batch 4096] [--max-wait-ms 2] [--backend export|aoti]
+    [--max-rows 10000] [--max-batch 4096] [--max-wait-ms 2] [--backend auto|export|aoti]
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=8.0, help="request body size limit")
     p.add_argument("--max-batch", type=int, default=4096, help="rows per micro-batch")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batch wait")
-    p.add_argument("--backend", default="export", choices=["export", "aoti"])
+    p.add_argument(
+        "--backend", default="auto", choices=["auto", "export", "aoti"],
+        help="auto: the AOTInductor package when the artifact has one (export --aoti)",
+    )  # fmt: skip
     return p
 
 

@@ -26,7 +26,16 @@ def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, str) and v == "") or (isinstance(v, float) and math.isnan(v))
 
 
+_INT64 = np.iinfo(np.int64)
+
+
 def _as_int(v: Any, field: str, row: int) -> int:
+    out = _as_any_int(v, field, row)
+    # no vocabulary holds an id beyond int64: such a value is unseen (out of vocabulary)
+    return out if _INT64.min < out <= _INT64.max else int(_INT64.min)
+
+
+def _as_any_int(v: Any, field: str, row: int) -> int:
     if isinstance(v, bool):
         raise RequestError(f"row {row}: field {field!r} takes an integer, got {v!r}")
     if isinstance(v, (int, np.integer)):
@@ -57,9 +66,10 @@ def _as_str(v: Any, field: str, row: int) -> str:
 def _hex(v: Any, field: str, row: int) -> int:
     s = _as_str(v, field, row)
     try:
-        return int(s, 16) if len(s) <= 16 else -1
+        x = int(s, 16) if len(s) <= 16 else -1
     except ValueError:
         return -1  # not a hash training could have seen: out of vocabulary
+    return x if x <= _INT64.max else -1
 
 
 class FieldEncoder:
@@ -96,9 +106,25 @@ class FieldEncoder:
             return self.names.get(_as_str(v, self.name, row), -1)
         return _as_str(v, self.name, row)
 
+    def _fast(self, values: Sequence[Any]) -> np.ndarray | None:
+        """Keys of a column of plain ints (int fields) or plain strings (str fields) in one
+        numpy call; None when any value needs the per-value path (missing, other types)."""
+        types = set(map(type, values))
+        if self.kind == "int" and types == {int}:
+            try:
+                return np.array(values, dtype=np.int64)
+            except OverflowError:  # beyond int64: unseen, per-value path maps it to OOV
+                return None
+        if self.kind == "str" and types == {str} and "" not in values:
+            return np.array(values)  # its own width: a longer string must not be cut
+        return None
+
     def encode(self, values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """``(rows (N,), lengths (B,))`` of one value (or list, multi-valued) per row."""
         if not self.multi:
+            fast = self._fast(values)
+            if fast is not None:
+                return self._lookup(fast), np.ones(len(values), np.int64)
             rows = np.full(len(values), MISSING_ROW, np.int64)
             present = [i for i, v in enumerate(values) if not _missing(v)]
             if present:
