@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ["methods", "benchmarks", "performance", "data", "architecture"]
+DOCS = ["methods", "benchmarks", "performance", "data", "architecture", "serving"]
 README_MAX_LINES = 250
 
 # [text](target) and ![alt](target); the target ends at whitespace or ")" (an optional

@@ -51,15 +51,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_config(ckpt: Path, config: str | None) -> tuple[dict[str, Any], Path]:
-    if config is not None:
-        return yaml.safe_load(Path(config).read_text()), Path(config).parent
-    for d in (ckpt.parent, ckpt.parent.parent):
-        if (d / "config.yaml").exists():
-            return yaml.safe_load((d / "config.yaml").read_text()), d
-    raise CompressError(f"no config.yaml beside {ckpt} (give --config)")
-
-
 def _swap(task: Any, module: torch.nn.Module) -> None:
     task.embeddings = module
     task.model.embeddings = module
@@ -82,16 +73,17 @@ class CompressError(ValueError):
 def compress_run(argv: list[str]) -> tuple[Any, Any, Path]:
     """Run ``reccomp compress``; returns the compressed task, its data module and the output
     directory (the bench's post-training cells time the model from these)."""
-    from reccomp.cli import RecCLI
     from reccomp.compress.transform import compress_collection, needs, row_importance
-    from reccomp.data.datamodule import RecDataModule
-    from reccomp.tasks.base import RecTask
+    from reccomp.runs import RunError, build_run, run_config
 
     a = _parser().parse_args(argv)
     ckpt = Path(a.ckpt)
     if not ckpt.exists():
         raise CompressError(f"no checkpoint {ckpt}")
-    cfg, run_dir = _run_config(ckpt, a.config)
+    try:
+        cfg, run_dir = run_config(ckpt, a.config)
+    except RunError as e:
+        raise CompressError(str(e)) from None
     options = yaml.safe_load(a.options) if a.options else {}
     if a.budget is None and not options:
         raise CompressError("give --budget or the method's size in --options")
@@ -114,11 +106,7 @@ def compress_run(argv: list[str]) -> tuple[Any, Any, Path]:
         "class_path": "lightning.pytorch.loggers.CSVLogger",
         "init_args": {"save_dir": str(out), "name": "", "version": ""},
     }
-    sys.argv = sys.argv[:1]  # LightningCLI takes ``args`` only; it warns about other argv
-    cli = RecCLI(RecTask, RecDataModule, subclass_mode_model=True, run=False, args=cfg,
-                 auto_configure_optimizers=False, save_config_callback=None,
-                 trainer_defaults={"num_sanity_val_steps": 0, "inference_mode": False,
-                                   "enable_progress_bar": False})  # fmt: skip
+    cli = build_run(cfg)
     task, dm, trainer = cli.model, cli.datamodule, cli.trainer
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     task.load_state_dict(state)

@@ -142,18 +142,17 @@ def create_app(
     async def _bad_request(request: Request, exc: RequestError) -> JSONResponse:
         return _error(422, str(exc))
 
+    @app.exception_handler(_Reject)
+    async def _rejected(request: Request, exc: _Reject) -> JSONResponse:
+        return _error(exc.status, exc.detail)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, _Reject):
-            return _error(exc.status, exc.detail)
         return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
-        try:
-            payload = await body_json(request)
-        except _Reject as e:
-            return _error(e.status, e.detail)
+        payload = await body_json(request)  # a bad body raises _Reject: its 4xx
         if not isinstance(payload, dict) or not isinstance(payload.get("rows"), list):
             return _error(422, 'expected {"rows": [{"<field>": value, ...}, ...]}')
         rows = payload["rows"]
@@ -170,10 +169,7 @@ def create_app(
 
     @app.post("/recommend")
     async def recommend(request: Request) -> Any:
-        try:
-            payload = await body_json(request)
-        except _Reject as e:
-            return _error(e.status, e.detail)
+        payload = await body_json(request)
         if not isinstance(payload, dict) or "user" not in payload:
             return _error(422, 'expected {"user": value, "k": 20, "exclude": [...]}')
         k, exclude = payload.get("k", 20), payload.get("exclude", [])
