@@ -40,8 +40,9 @@ def quiet(verbose: bool = False) -> None:
         os.environ["RECCOMP_VERBOSE"] = "1"  # subprocesses (bench cells) inherit it
         return
     warnings.filterwarnings("ignore")
-    # reccomp's own warnings are meant for the user
-    warnings.filterwarnings("default", module=r"reccomp(\.|$)")
+    # reccomp's own warnings are meant for the user (deprecations a dependency attributes to
+    # reccomp's call sites are not)
+    warnings.filterwarnings("default", category=UserWarning, module=r"reccomp(\.|$)")
     quiet_loggers()
 
 

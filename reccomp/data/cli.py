@@ -27,7 +27,7 @@ def _datamodule(config: str | None, overrides: list[str]) -> Any:
         block = (yaml.safe_load(Path(config).read_text()) or {}).get("data") or {}
         args += ["--data", json.dumps(block)]
     cfg = parser.parse_args(args + overrides)
-    return parser.instantiate_classes(cfg).data
+    return parser.instantiate(cfg).data
 
 
 def print_info(schema: Schema) -> None:

@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import numpy as np
 
 from reccomp.data.cache import CacheWriter, cache_key, cache_root, is_complete, load_split
+from reccomp.data.checks import check_prepared
 from reccomp.data.loader import (
     BatchIterator,
     RetrievalIterator,
@@ -51,6 +52,8 @@ class RecDataModule(pl.LightningDataModule):
         ctr_threshold: a rating >= this is a click (MovieLens CTR).
         implicit_threshold: a rating >= this is a positive (retrieval); None = every rating.
         strict: malformed input lines are fatal instead of skipped and counted.
+        max_skipped: the share of a file's lines that may be bad (skipped and counted);
+            more fails before training, as does a file with no good line or an empty split.
         synthetic: keyword arguments of the synthetic generator (sizes, seed).
         cache_dir: cache root (default ``$RECCOMP_CACHE`` or ``~/.cache/reccomp``).
         shuffle_seed: seed of the per-epoch shuffling of the training split.
@@ -70,6 +73,7 @@ class RecDataModule(pl.LightningDataModule):
         ctr_threshold: float = 4.0,
         implicit_threshold: float | None = None,
         strict: bool = False,
+        max_skipped: float = 0.01,
         synthetic: dict[str, Any] | None = None,
         cache_dir: str | None = None,
         shuffle_seed: int = 0,
@@ -98,6 +102,9 @@ class RecDataModule(pl.LightningDataModule):
             strict=strict,
             synthetic=synthetic,
         )
+        if not 0 <= max_skipped <= 1:
+            raise ValueError(f"data.max_skipped must be in [0, 1], got {max_skipped}")
+        self.max_skipped = max_skipped  # not part of the cache key: checked on every load
         self.cache_dir = cache_dir
         self.shuffle_seed = shuffle_seed
         self.schema_: Schema | None = None
@@ -134,7 +141,9 @@ class RecDataModule(pl.LightningDataModule):
                 raise
             if verbose:
                 print(f"Prepared in {time.perf_counter() - t0:.1f} s")
-        self.schema_ = Schema.load(out)
+        schema = Schema.load(out)
+        check_prepared(schema, self.max_skipped)  # cached data is checked again: a new limit
+        self.schema_ = schema
         if verbose:
             rows = ", ".join(f"{k} {v:,}" for k, v in self.schema_.splits.items())
             where = "prepared data, cached" if cached else "prepared data"
