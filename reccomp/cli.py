@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,24 @@ def _pad_cat(parts: list[np.ndarray]) -> np.ndarray:
                            for p in parts])  # fmt: skip
 
 
+class InterruptCheckpoint(Callback):
+    """Ctrl-C or SIGTERM during ``fit`` saves ``last.ckpt`` where it stands, so
+    ``reccomp fit --resume RUN_DIR`` goes on from there (an interruption between epochs
+    resumes exactly; one inside an epoch repeats that epoch's data order from its start)."""
+
+    def on_exception(self, trainer: Trainer, pl_module: Any, exception: BaseException) -> None:
+        interrupted = isinstance(exception, KeyboardInterrupt) or (
+            type(exception).__name__ == "SIGTERMException"
+        )
+        cb = trainer.checkpoint_callback
+        if not interrupted or not isinstance(cb, ModelCheckpoint) or not cb.dirpath:
+            return
+        path = Path(cb.dirpath) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        run = Path(trainer.log_dir or ".")
+        print(f"\nInterrupted: saved {path}; go on with: reccomp fit --resume {run}", flush=True)
+
+
 class RecCLI(LightningCLI):
     """LightningCLI wired for reccomp: schema linking, test after fit, metrics.json."""
 
@@ -181,9 +200,9 @@ class RecCLI(LightningCLI):
         return None
 
     def after_fit(self) -> None:
-        if self.trainer.interrupted:
+        if self.trainer.interrupted:  # InterruptCheckpoint saved last.ckpt and said so
             print(self.trainer.log_dir)
-            return
+            raise SystemExit(130)
         ckpt = self._best_ckpt()
         cb = self.trainer.checkpoint_callback
         if isinstance(cb, ModelCheckpoint) and cb.best_model_score is not None and ckpt:
@@ -245,7 +264,7 @@ def run_cli(argv: list[str] | None) -> RecCLI:
                 "class_path": "lightning.pytorch.loggers.CSVLogger",
                 "init_args": {"save_dir": "runs", "name": name},
             },
-            "callbacks": [PredictionWriter()],
+            "callbacks": [PredictionWriter(), InterruptCheckpoint()],
             "num_sanity_val_steps": 0,
             # FBGEMM's fused CPU lookups dispatch through autograd: inference_mode skips that
             # key and finds no CPU kernel, so evaluation runs under no_grad instead
@@ -259,7 +278,7 @@ def run_cli(argv: list[str] | None) -> RecCLI:
 
 # one line per subcommand: `reccomp --help`
 SUBCOMMANDS = {
-    "fit": "train from a config: validate every epoch, then test the best checkpoint",
+    "fit": "train from a config (--resume RUN_DIR: go on with an interrupted run), then test",
     "validate": "evaluate a checkpoint on the validation split",
     "test": "evaluate a checkpoint on the test split",
     "predict": "write a checkpoint's predictions (predictions.csv in the run directory)",
@@ -319,9 +338,36 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] not in RUN_SUBCOMMANDS:
         print(f"error: unknown subcommand {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
+    if argv[0] == "fit" and "--resume" in argv:
+        argv = resume_args(argv)
+    if argv[0] == "fit":  # SIGTERM (kill PID, a scheduler) stops like Ctrl-C: checkpoint saved
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     if from_command_line:
         sys.argv = [sys.argv[0], *argv]  # LightningCLI reads sys.argv; --verbose is ours
     run_cli(None if from_command_line else argv)
+
+
+def resume_args(argv: list[str]) -> list[str]:
+    """``fit --resume RUN_DIR [--key value ...]`` -> the run's own config, its last
+    checkpoint and its own directory (metrics and checkpoints go on where they were)."""
+    i = argv.index("--resume")
+    if i + 1 >= len(argv):
+        print("error: --resume takes a run directory (runs/<config>/version_N)", file=sys.stderr)
+        sys.exit(2)
+    run = Path(argv[i + 1])
+    ckpt = run / "checkpoints" / "last.ckpt"
+    for need in (run / "config.yaml", ckpt):
+        if not need.exists():
+            print(f"error: --resume {run}: no {need.name} there", file=sys.stderr)
+            sys.exit(2)
+    rest = argv[1:i] + argv[i + 2 :]
+    logger = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(run.parent.parent), "name": run.parent.name,
+                      "version": run.name},
+    }  # fmt: skip
+    return ["fit", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt),
+            "--trainer.logger", json.dumps(logger), *rest]  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -345,9 +345,15 @@ class CompressedEmbeddingBagCollection(nn.Module):
         ]
 
     def get_extra_state(self) -> dict[str, Any]:
+        from reccomp.compress.transform import optimizer_states
+
         rows, widths = self._shapes()
         phases = [m.phase for m in self.tables]
-        return {"rows": rows, "widths": widths, "phases": phases, "fitted": self.fitted}
+        # the fused optimizer's state (Adagrad sums) lives inside FBGEMM's tables, outside
+        # any state_dict: without it a resumed run restarts every row's step size
+        states = {k: [t.detach().clone() for t in v] for k, v in optimizer_states(self).items()}
+        return {"rows": rows, "widths": widths, "phases": phases, "fitted": self.fitted,
+                "optimizer": states}  # fmt: skip
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         rows, widths = state["rows"], state.get("widths")
@@ -360,6 +366,14 @@ class CompressedEmbeddingBagCollection(nn.Module):
         if self._shapes() != before:
             self._build_storage()
         self.fitted = bool(state["fitted"])
+        from reccomp.compress.transform import optimizer_states
+
+        saved = state.get("optimizer") or {}
+        with torch.no_grad():
+            for name, tensors in optimizer_states(self).items():
+                for t, s in zip(tensors, saved.get(name, []), strict=False):
+                    if t.shape == s.shape:
+                        t.copy_(s.to(t.device))
 
     # -- serving -------------------------------------------------------------------------------
     def to_serving(self) -> CompressedEmbeddingBagCollection:

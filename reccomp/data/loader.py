@@ -102,6 +102,18 @@ class BatchIterator:
         n = len(self.data)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    # Lightning calls ``dataloader.sampler.set_epoch(epoch)`` before every training epoch,
+    # with the epoch count a checkpoint restores: a resumed run draws the orders the
+    # uninterrupted one would (not epoch 0's again)
+    batch_sampler = None  # what Lightning's shuffle check reads next to ``sampler``
+
+    @property
+    def sampler(self) -> BatchIterator:
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __iter__(self) -> Iterator[Batch]:
         data = self.data
         if self.shuffle:

@@ -120,6 +120,33 @@ class RecTask(pl.LightningModule):
             f"{mem['embeddings/bytes'] / 2**20:.2f} MiB ({mem['embeddings/ratio']:.3f} of full)"
         )
 
+    # -- resume: the same run, not a similar one -----------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        # plain types and tensors only: checkpoints load with torch.load(weights_only=True)
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": list(random.getstate()),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
+        rng = checkpoint.get("rng_states")
+        if rng:  # dropout, negative sampling and rank dropout go on as they would have
+            torch.set_rng_state(rng["torch"])
+            name, keys, pos, has_gauss, gauss = rng["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            version, internal, gauss_next = rng["python"]
+            random.setstate((version, tuple(internal), gauss_next))
+
     # -- memory ------------------------------------------------------------------------------
     def embedding_memory(self) -> dict[str, float]:
         """Bytes of the collection, its ratio to the uncompressed one, and per table."""
