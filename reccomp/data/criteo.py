@@ -45,6 +45,7 @@ from reccomp.data.criteo_text import (
     SPARSE_NAMES,
     Parsed,
     count_lines,
+    is_gzip,
     parsed_chunks,
     write_criteo_tsv,
 )
@@ -361,6 +362,8 @@ def prepare_criteo(
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("prepare_criteo needs at least one file")
+    for p in paths:  # detected from the content, not the name
+        print(f"{p}: {'gzip-compressed ' if is_gzip(p) else ''}Criteo TSV")
     # a temporal cut needs the line count first; a random split is drawn line by line
     total = count_lines(paths, max_rows) if split.kind != "random" else 0
     reports = [ParseReport(source=str(p), strict=strict) for p in paths]

@@ -99,3 +99,20 @@ def test_fit_on_an_all_bad_file_exits_before_training(
     err = capsys.readouterr().err
     assert "every line (3) was skipped" in err and "expected 40 columns" in err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_gzip_file_is_detected_by_content(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = _good_lines(tmp_path, 300)
+    plain = _write(tmp_path, b"".join(lines))
+    code, out_plain = _prepare(plain, capsys)
+    assert code == 0, out_plain
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (packed / "train.txt").write_bytes(gzip.compress(b"".join(lines)))  # no .gz in the name
+    code, out = _prepare(packed, capsys)
+    assert code == 0, out
+    assert "gzip-compressed Criteo TSV" in out
+    rows = [ln for ln in out.splitlines() if ln.startswith("splits")]
+    assert rows == [ln for ln in out_plain.splitlines() if ln.startswith("splits")]
