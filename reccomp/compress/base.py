@@ -170,12 +170,14 @@ class TableMethod(nn.Module):
         tensors = [*self.buffers(), *self.parameters()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def memory_bytes(self) -> int:
-        # a quantized serving copy knows its tables' stored bytes (reccomp.export.program)
+    def table_bytes_stored(self, t: TableSpec) -> int:
+        """Bytes of storage table ``t``: fp32 rows, or what a quantized serving copy stores
+        (``storage_bytes``, set by :func:`reccomp.export.program.quantize_storage`)."""
         stored: dict[str, int] = getattr(self, "storage_bytes", {})
-        return self.map_bytes() + sum(
-            stored.get(t.suffix, t.rows * t.width * BYTES_PER_VALUE) for t in self.tables()
-        )
+        return stored.get(t.suffix, t.rows * t.width * BYTES_PER_VALUE)
+
+    def memory_bytes(self) -> int:
+        return self.map_bytes() + sum(self.table_bytes_stored(t) for t in self.tables())
 
     def resize(self, rows: list[int], widths: list[int] | None = None) -> None:
         """Set storage rows (and widths, for methods whose data decides them): a checkpoint

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from reccomp.compress.base import BYTES_PER_VALUE
 from reccomp.export.fields import field_specs
 from reccomp.export.program import (
     example_inputs,
@@ -110,7 +109,6 @@ def test_metrics(task: Any, dm: Any, program: Any, limit_batches: int | None) ->
 def _storage_tables(collection: nn.Module, dtypes: dict[str, str]) -> list[dict[str, Any]]:
     rows = []
     for m in collection.tables:
-        stored = getattr(m, "storage_bytes", {})
         for t in m.tables():
             name = f"{m.field}{t.suffix}"
             rows.append(
@@ -120,7 +118,7 @@ def _storage_tables(collection: nn.Module, dtypes: dict[str, str]) -> list[dict[
                     "rows": t.rows,
                     "width": t.width,
                     "dtype": dtypes[name],
-                    "bytes": stored.get(t.suffix, t.rows * t.width * BYTES_PER_VALUE),
+                    "bytes": m.table_bytes_stored(t),
                 }
             )
     return rows

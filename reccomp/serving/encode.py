@@ -22,7 +22,7 @@ class RequestError(ValueError):
     """A request the model cannot answer (unknown field, wrong type, too many rows)."""
 
 
-def _missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, str) and v == "") or (isinstance(v, float) and math.isnan(v))
 
 
@@ -126,7 +126,7 @@ class FieldEncoder:
             if fast is not None:
                 return self._lookup(fast), np.ones(len(values), np.int64)
             rows = np.full(len(values), MISSING_ROW, np.int64)
-            present = [i for i, v in enumerate(values) if not _missing(v)]
+            present = [i for i, v in enumerate(values) if not is_missing(v)]
             if present:
                 for i in present:
                     if isinstance(values[i], (list, tuple, dict)):
@@ -141,12 +141,12 @@ class FieldEncoder:
         keys_all: list[Any] = []
         lengths = np.zeros(len(values), np.int64)
         for i, v in enumerate(values):
-            if _missing(v):
+            if is_missing(v):
                 continue
             items = v.split("|") if isinstance(v, str) else v
             if not isinstance(items, (list, tuple)):
                 raise RequestError(f"row {i}: field {self.name!r} takes a list, got {v!r}")
-            keys = [self._key(x, i) for x in items if not _missing(x)]
+            keys = [self._key(x, i) for x in items if not is_missing(x)]
             keys_all += keys
             lengths[i] = len(keys)
         return self._lookup(np.array(keys_all, dtype=np.int64)), lengths
@@ -156,7 +156,7 @@ def dense_column(values: Sequence[Any], name: str) -> np.ndarray:
     """(B,) float32 ``log(1 + max(x, 0))`` of raw numbers; missing -> 0."""
     out = np.zeros(len(values), np.float64)
     for i, v in enumerate(values):
-        if _missing(v):
+        if is_missing(v):
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float, str, np.number)):
             raise RequestError(f"row {i}: dense feature {name!r} takes a number, got {v!r}")

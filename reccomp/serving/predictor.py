@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reccomp.serving.encode import FieldEncoder, RequestError, dense_column
+from reccomp.serving.encode import FieldEncoder, RequestError, dense_column, is_missing
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -203,7 +203,7 @@ class Predictor:
         retrieval: scores."""
         if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a DataFrame
             rows = [
-                {k: (None if _is_na(v) else v) for k, v in r.items()}
+                {k: (None if is_missing(v) else v) for k, v in r.items()}
                 for r in rows.to_dict(orient="records")
             ]
         rows = list(rows)
@@ -227,10 +227,6 @@ class Predictor:
         scores = self.predict(rows)
         top = np.argsort(-scores, kind="stable")[: max(int(k), 0)]
         return [(items[keep[i]].item(), float(scores[i])) for i in top]
-
-
-def _is_na(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and v != v)
 
 
 def load(directory: str | Path, backend: str = "auto") -> Predictor:
