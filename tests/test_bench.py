@@ -159,6 +159,7 @@ def test_shipped_bench_config_names() -> None:
         "ml-1m-ctr",
         "synthetic-criteo",
         "criteo-kaggle",
+        "avazu",
     } <= names
 
 

@@ -84,6 +84,12 @@ def data_overrides(config: str, tmp_path: Path) -> list[str]:
             "--data.min_count",
             "1",
         ]
+    if config.startswith("avazu"):
+        from reccomp.data.avazu import write_avazu_csv
+
+        (tmp_path / "avazu").mkdir()
+        write_avazu_csv(tmp_path / "avazu" / "train.gz", 600, compress=True)
+        return ["--data.root", str(tmp_path / "avazu"), "--data.min_count", "1"]
     raise AssertionError(f"no tiny data for {config}")
 
 
@@ -99,6 +105,7 @@ def test_shipped_configs_are_the_documented_ones() -> None:
         "ml-1m-deepfm-ctr.yaml",
         "criteo-kaggle-dlrm.yaml",
         "criteo-kaggle-dcnv2.yaml",
+        "avazu-dlrm.yaml",
     }
     assert expected <= set(SHIPPED)
 

@@ -1,400 +1,85 @@
-"""Criteo click logs (Kaggle ``train.txt``, 1TB ``day_N``): streaming preprocessing into the cache.
+"""Criteo click logs (Kaggle ``train.txt``, 1TB ``day_N``): the format and its writer.
 
-Each line holds 40 tab-separated fields (:mod:`reccomp.data.criteo_text` reads and writes
-them): the click label, 13 integer and 26 categorical features. Files can be larger than
-memory, so they are streamed in byte chunks, and memory stays bounded by the chunk size plus
-the vocabularies.
-
-Parsing text is the dominant cost (pyarrow's CSV reader, ~1.7 CPU seconds per million
-lines), so every line is parsed exactly once:
-
-* A line's split depends only on its global line index: ``random`` draws it from a seeded
-  hash of the index, ``temporal`` cuts at ``fractions`` of the line count (which a fast
-  newline count finds first). Chunk sizes therefore never change the result.
-* Pass 1: a reader thread reads chunks into one reused buffer and parses them, categoricals
-  as 8-byte strings (one uint64 each). The main thread hashes each categorical column of the
-  chunk (``dictionary_encode``), decodes only the distinct strings, gives every value a
-  *provisional* id (0 = missing; 1, 2, ... in order of first appearance), counts values on
-  training rows, and appends label, transformed dense and provisional ids to the split's
-  ``.npy`` files (the header gets the row count at the end).
-* Pass 2 maps provisional ids to final rows in place, one lookup table for all fields:
-  raw value ``vocab[i]`` -> row ``i + 2``, rare or unseen -> row 0, missing -> row 1
-  (:mod:`reccomp.data.schema`). It reads back 104 bytes per row, not the ~240-byte line.
+A Criteo row holds the click label (0/1), 13 integer features ``I1..I13`` and 26
+categorical features ``C1..C26`` (32-bit hashes written as 8 hex digits); an empty field is
+a missing value. The Kaggle and 1TB files are headerless TSV; CSV files with a header (any
+column order, integers written as floats, comma or tab separated), gzip-compressed files and
+Parquet files load the same way, detected from the content (:mod:`reccomp.data.ctr_layout`).
+Preprocessing is :func:`reccomp.data.ctr.prepare_ctr`.
 
 Example::
 
-    >>> w = CacheWriter(tmp / "prep")  # doctest: +SKIP
-    >>> schema = prepare_criteo([Path("train.txt")], w, split=SplitConfig())  # doctest: +SKIP
-    >>> w.finish(schema)  # the caller finishes the writer, after adding stats if it likes  # doctest: +SKIP
+    >>> write_criteo_tsv(p, np.array([1]), np.full((1, 13), np.nan), np.full((1, 26), -1))  # doctest: +SKIP
+    >>> schema = prepare_criteo([p], CacheWriter(tmp), split=SplitConfig())  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.csv as pv
 
-from reccomp.data.cache import SPLITS, CacheWriter
-from reccomp.data.criteo_text import (
-    DENSE_NAMES,
-    N_DENSE,
-    N_SPARSE,
-    SPARSE_NAMES,
-    Parsed,
-    count_lines,
-    is_gzip,
-    parsed_chunks,
-    write_criteo_tsv,
+from reccomp.data.cache import CacheWriter
+from reccomp.data.ctr import prepare_ctr
+from reccomp.data.ctr_layout import CtrFormat
+from reccomp.data.ctr_text import hex_column
+from reccomp.data.schema import Schema
+
+__all__ = ["CRITEO", "N_DENSE", "N_SPARSE", "prepare_criteo", "write_criteo_tsv"]
+
+N_DENSE, N_SPARSE = 13, 26
+DENSE_NAMES = tuple(f"I{i}" for i in range(1, N_DENSE + 1))
+SPARSE_NAMES = tuple(f"C{i}" for i in range(1, N_SPARSE + 1))
+COLUMNS = ("label", *DENSE_NAMES, *SPARSE_NAMES)
+
+CRITEO = CtrFormat(
+    name="Criteo",
+    label="label",
+    dense=DENSE_NAMES,
+    sparse=SPARSE_NAMES,
+    hex_fields=frozenset(SPARSE_NAMES),
+    columns=COLUMNS,
 )
-from reccomp.data.raw import ParseReport
-from reccomp.data.schema import MISSING_ROW, NUM_SPECIAL_ROWS, OOV_ROW, Schema, SparseField
-from reccomp.data.splits import SplitConfig
-
-__all__ = ["N_DENSE", "N_SPARSE", "prepare_criteo", "write_criteo_tsv"]
-
-_U64 = np.uint64
 
 
-# -- categorical values ------------------------------------------------------------------------
-def _hex_pairs() -> np.ndarray:
-    """(65536,) uint16: two hex characters read as a little-endian uint16 -> their byte
-    value (upper and lower case alike), 256 if either is not a hex digit."""
-    digit = np.full(256, 256, np.int32)
-    for chars in (b"0123456789abcdef", b"0123456789ABCDEF"):
-        digit[np.frombuffer(chars, np.uint8)] = np.arange(16)
-    first, second = digit[np.arange(65536) & 0xFF], digit[np.arange(65536) >> 8]
-    return np.where((first < 16) & (second < 16), first * 16 + second, 256).astype(np.uint16)
+def criteo_table(
+    label: np.ndarray, dense: np.ndarray, cat: np.ndarray, floats: bool = False
+) -> pa.Table:
+    """Columns ``label, I1..I13, C1..C26`` as Arrow arrays (see :func:`write_criteo_tsv`)."""
+    label, dense, cat = np.asarray(label), np.asarray(dense, np.float64), np.asarray(cat)
+    n = len(label)
+    if dense.shape != (n, N_DENSE) or cat.shape != (n, N_SPARSE):
+        raise ValueError(f"need dense (N, 13) and cat (N, 26), got {dense.shape}, {cat.shape}")
+    number = np.float64 if floats else np.int64
+    cols: dict[str, pa.Array] = {"label": pa.array(label.astype(number))}
+    for name, x in zip(DENSE_NAMES, np.ascontiguousarray(dense.T), strict=True):  # (N,) each
+        miss = np.isnan(x)
+        cols[name] = pa.array(np.rint(np.where(miss, 0, x)).astype(number), mask=miss)
+    for name, x in zip(SPARSE_NAMES, np.ascontiguousarray(cat.T), strict=True):
+        cols[name] = hex_column(x)
+    return pa.table(cols)
 
 
-_HEX_PAIRS = _hex_pairs()
-
-
-def _encode_column(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(N,) raw uint64 keys of one chunk -> ``(local, values, bad)``.
-
-    ``local`` (N,) int32 indexes the chunk's distinct strings; ``values`` (K,) int64 is the
-    integer of each distinct string (-1: missing); ``bad`` (K,) marks strings that are not
-    hex. Hashing the raw bytes is the only per-value work: only distinct strings are decoded.
-    """
-    enc = pc.dictionary_encode(pa.array(raw))
-    distinct = enc.dictionary.to_numpy()  # (K,) uint64
-    pairs = np.take(_HEX_PAIRS, distinct.view(np.uint16)).reshape(-1, 4)  # (K, 4) bytes or 256
-    values = pairs.astype(np.uint8).view(">u4")[:, 0].astype(np.int64)  # first byte highest
-    values[distinct == 0] = -1
-    bad = (pairs > 255).any(axis=1) & (distinct != 0)
-    return enc.indices.to_numpy(), values, bad
-
-
-def _pack(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """(hi << 32) | lo as uint64, which sorts by ``hi`` (numpy's uint64 sort is vectorized)."""
-    return (hi.astype(_U64) << _U64(32)) | lo.astype(np.uint32).astype(_U64)
-
-
-class _FieldIds:
-    """Provisional ids (1, 2, ... in order of first appearance; 0 = missing) of one field's
-    values, and the training count of each id.
-
-    Values live in two sorted levels of ``value << 32 | id``: new values go into the small
-    level, which merges into the large one when it reaches a quarter of its size, so a chunk
-    costs time in its number of distinct values, not in the vocabulary size.
-    """
-
-    def __init__(self) -> None:
-        self.levels = [np.empty(0, _U64), np.empty(0, _U64)]  # large, small
-        self.counts = np.zeros(1024, np.int64)  # (n_ids,) by id
-        self.n_ids = 1
-
-    def ids_of(self, values: np.ndarray) -> np.ndarray:
-        """(K,) int64 values (-1 = missing; repeats allowed) -> (K,) int32 ids; new values
-        get new ids."""
-        where = np.flatnonzero(values >= 0)
-        packed = np.sort(_pack(values[where], where))  # sorted queries search faster
-        q = packed >> _U64(32)  # (Q,) sorted values
-        repeat = q[1:] == q[:-1]  # (Q - 1,) e.g. upper and lower case of one value
-        first = np.concatenate([[True], ~repeat]) if repeat.any() else slice(None)
-        ids = np.zeros(len(q), _U64)  # 0 = not seen yet
-        for level in self.levels:
-            if len(level):
-                pos = np.minimum(np.searchsorted(level, q << _U64(32)), len(level) - 1)
-                hit = (level[pos] >> _U64(32)) == q
-                ids[hit] = level[pos[hit]] & _U64(0xFFFFFFFF)
-        new = np.flatnonzero(ids == 0)
-        if isinstance(first, np.ndarray):
-            new = new[first[new]]
-        if len(new):
-            ids[new] = np.arange(self.n_ids, self.n_ids + len(new), dtype=_U64)
-            self.n_ids += len(new)
-            small = np.sort(np.concatenate([self.levels[1], (q[new] << _U64(32)) | ids[new]]))
-            if len(small) > len(self.levels[0]) // 4:
-                self.levels = [np.sort(np.concatenate([self.levels[0], small])), small[:0]]
-            else:
-                self.levels[1] = small
-            if self.n_ids > len(self.counts):
-                self.counts = np.concatenate([self.counts, np.zeros(self.n_ids, np.int64)])
-        if isinstance(first, np.ndarray):
-            ids = ids[first][np.cumsum(first) - 1]  # repeats take the id of their first
-        out = np.zeros(len(values), np.int32)
-        out[(packed & _U64(0xFFFFFFFF)).astype(np.intp)] = ids
-        return out
-
-    def table(self, min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Final rows: ``(lut, values, row_counts)``. ``lut`` (n_ids,) int32 maps id -> row
-        (id 0 -> missing row); ``values`` sorted int64 raw values of rows 2..;
-        ``row_counts`` (cardinality,) train counts per row."""
-        entries = np.concatenate(self.levels)  # sorted by value within each level
-        ids = (entries & _U64(0xFFFFFFFF)).astype(np.int64)
-        counts = self.counts[ids]
-        kept = counts >= max(min_count, 1)  # a value unseen in training is never kept
-        by_value = np.sort(entries[kept])
-        values = (by_value >> _U64(32)).astype(np.int64)
-        kept_ids = (by_value & _U64(0xFFFFFFFF)).astype(np.int64)
-        lut = np.full(self.n_ids, OOV_ROW, np.int32)
-        lut[0] = MISSING_ROW
-        lut[kept_ids] = np.arange(NUM_SPECIAL_ROWS, NUM_SPECIAL_ROWS + len(values))
-        row_counts = np.empty(NUM_SPECIAL_ROWS + len(values), np.int64)
-        row_counts[OOV_ROW] = counts[~kept].sum()
-        row_counts[MISSING_ROW] = self.counts[0]
-        row_counts[NUM_SPECIAL_ROWS:] = self.counts[kept_ids]
-        return lut, values, row_counts
-
-
-# -- splits ------------------------------------------------------------------------------------
-def _uniform(lines: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform [0, 1) draw per global line index (splitmix64): same line, same draw."""
-    mix = np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
-    with np.errstate(over="ignore"):
-        z = lines.astype(_U64) * _U64(0x9E3779B97F4A7C15) + mix
-        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
-        z ^= z >> _U64(31)
-    return (z >> _U64(11)).astype(np.float64) * 2.0**-53
-
-
-def _temporal_cuts(split: SplitConfig, total: int) -> tuple[int, int]:
-    """First val and first test line of a temporal split, rounded as ``split_indices`` does."""
-    f = split.fractions
-    return round(total * f[0]), round(total * (f[0] + f[1]))
-
-
-def _split_of(lines: np.ndarray, split: SplitConfig, total: int) -> np.ndarray:
-    """(N,) global line indices -> (N,) uint8 split codes (0 train, 1 val, 2 test)."""
-    if split.kind == "random":
-        bounds = np.cumsum(split.fractions[:2])
-        return np.searchsorted(bounds, _uniform(lines, split.seed), side="right").astype(np.uint8)
-    a, b = _temporal_cuts(split, total)
-    return (lines >= a).astype(np.uint8) + (lines >= b)
-
-
-# -- preprocessing -----------------------------------------------------------------------------
-_WHY = ["", "label is not 0 or 1", *(f"{c} is not hex" for c in SPARSE_NAMES)]
-
-
-def _check(part: Parsed) -> tuple[list, np.ndarray]:
-    """Encoded categoricals and why each row is bad: (N,) int8 index into ``_WHY``."""
-    encoded = [_encode_column(raw) for raw in part.keys]
-    why = ((part.label != 0) & (part.label != 1)).astype(np.int8)
-    for j, (local, _, bad) in enumerate(encoded):
-        if bad.any():
-            why[(why == 0) & bad[local]] = 2 + j
-    return encoded, why
-
-
-def _checked(part: Parsed, report: ParseReport, file_start: int) -> list:
-    """Drop rows with a bad label or categorical, report the lines skipped (strict: raise at
-    the first) and return the encoded categoricals of the rows kept."""
-    events = list(part.skipped)  # (global line, why)
-    encoded, why = _check(part)
-    if why.any():  # rare: drop the rows, encode again
-        events += [(int(part.lines[i]), _WHY[why[i]]) for i in np.flatnonzero(why)]
-        part.select(why == 0)
-        encoded, _ = _check(part)
-    report.lines += part.n_lines
-    report.padded += int(np.isin(part.padded, part.lines).sum())  # padded and kept
-    for line, what in sorted(events):
-        report.add_skipped(int(line) - file_start + 1, what)
-    return encoded
-
-
-class _NpyAppender:
-    """A ``.npy`` file written a block of rows at a time; its header gets the final shape on
-    :meth:`close` (numpy pads headers so that the first dimension can grow in place)."""
-
-    def __init__(self, path: Path, row_shape: tuple[int, ...], dtype: type) -> None:
-        self.file = open(path, "wb")  # noqa: SIM115 (closed by close())
-        self.row_shape, self.dtype, self.rows = row_shape, np.dtype(dtype), 0
-        self.size = self._header()
-
-    def _header(self) -> int:
-        self.file.seek(0)
-        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
-        np.lib.format.write_array_header_1_0(
-            self.file, {**d, "shape": (self.rows, *self.row_shape)}
-        )
-        return self.file.tell()
-
-    def append(self, block: np.ndarray) -> None:
-        self.file.write(np.ascontiguousarray(block, self.dtype).data)
-        self.rows += len(block)
-
-    def close(self) -> None:
-        if self.file.closed:
-            return
-        end = self.file.tell()
-        if self._header() != self.size:
-            raise RuntimeError(f"the .npy header of {self.file.name} changed size")
-        self.file.seek(end)
-        self.file.close()
-
-
-class _Writer:
-    """Pass-1 state: the split arrays being appended to and the provisional ids of every
-    field."""
-
-    def __init__(self, writer: CacheWriter) -> None:
-        self.writer = writer
-        self.arrays = [
-            {
-                "sparse": _NpyAppender(writer.path(s, "sparse.npy"), (N_SPARSE,), np.int32),
-                "dense": _NpyAppender(writer.path(s, "dense.npy"), (N_DENSE,), np.float32),
-                "label": _NpyAppender(writer.path(s, "label.npy"), (), np.float32),
-            }
-            for s in SPLITS
-        ]
-        self.fields = [_FieldIds() for _ in SPARSE_NAMES]
-        self.clicks = 0
-
-    @property
-    def rows(self) -> list[int]:
-        return [a["label"].rows for a in self.arrays]
-
-    def add(self, part: Parsed, encoded: list, codes: np.ndarray) -> None:
-        """Write one chunk of checked rows; ``codes`` (N,) are their splits."""
-        train = np.flatnonzero(codes == 0)
-        ids = np.empty((N_SPARSE, len(codes)), np.int32)  # (26, N) provisional ids
-        for f, (local, values, _), out in zip(self.fields, encoded, ids, strict=True):
-            distinct_ids = f.ids_of(values)  # (K,)
-            counts = np.bincount(
-                local if len(train) == len(local) else local[train], minlength=len(values)
-            )
-            np.add.at(f.counts, distinct_ids, counts)  # ids repeat for missing and upper case
-            np.take(distinct_ids, local, out=out)
-        self.clicks += int(part.label.sum())
-        for s, arrays in enumerate(self.arrays):
-            rows = codes == s
-            arrays["sparse"].append(ids[:, rows].T)
-            arrays["dense"].append(part.dense[:, rows].T)
-            arrays["label"].append(part.label[rows])
-
-    def close(self) -> None:
-        for arrays in self.arrays:
-            for a in arrays.values():
-                a.close()
-
-    def finish(self, min_count: int) -> list[int]:
-        """Pass 2: write maps and counts, turn provisional ids into rows in place (one lookup
-        table for all fields). Returns the cardinalities."""
-        self.close()
-        luts, cards = [], []
-        for c, f in zip(SPARSE_NAMES, self.fields, strict=True):
-            lut, values, row_counts = f.table(min_count)
-            self.writer.write_map(c, values)
-            self.writer.write_counts(c, row_counts)
-            luts.append(lut)
-            cards.append(len(row_counts))
-        big_lut = np.concatenate(luts)
-        offsets = np.cumsum([0] + [len(lut) for lut in luts[:-1]])  # (26,) where each field starts
-        offsets = offsets.astype(np.int32 if len(big_lut) < 2**31 else np.int64)
-        for s, n in zip(SPLITS, self.rows, strict=True):
-            if n:
-                sparse = np.load(self.writer.path(s, "sparse.npy"), mmap_mode="r+")
-                for a in range(0, n, 1 << 18):
-                    block = sparse[a : a + (1 << 18)]  # (B, 26) provisional ids
-                    block[:] = big_lut[block + offsets]
-                del sparse  # unmap
-        return cards
-
-
-def prepare_criteo(
-    paths: list[Path],
-    writer: CacheWriter,
-    *,
-    name: str = "criteo",
-    split: SplitConfig,
-    min_count: int = 1,
-    chunk_bytes: int = 32 << 20,
-    strict: bool = False,
-    max_rows: int | None = None,
-) -> Schema:
-    """Stream Criteo TSV files into ``writer``'s directory; return the schema, unfinished.
-
-    The caller calls ``writer.finish(schema)`` (after adding stats if it likes), or
-    ``writer.abort()`` when this raises.
+def write_criteo_tsv(path: Path, label: np.ndarray, dense: np.ndarray, cat: np.ndarray) -> None:
+    """Write Criteo Kaggle-format lines: label, ``I1..I13``, ``C1..C26``, tab separated.
 
     Args:
-        paths: files read in order, as one sequence of lines.
-        writer: receives ``<split>/{sparse,dense,label}.npy``, ``maps/C*.npy`` (sorted int64
-            values of the 8-hex-digit hashes) and ``counts/C*.npy`` (training counts by row).
-        name: data set name written into the schema.
-        split: ``random`` (each line drawn by a seeded hash of its global line index, so the
-            split does not depend on chunking) or ``temporal`` without ``last_n`` (a cut by
-            line order). Per-user hold-outs raise ``ValueError``: Criteo has no users.
-        min_count: training count a value needs for its own row; rarer and unseen values
-            share row 0. Values below 1 act as 1.
-        chunk_bytes: bytes parsed at a time (32 MiB is ~135k lines); memory holds about
-            three chunks plus the vocabularies.
-        strict: raise :class:`~reccomp.data.raw.MalformedInputError` (file and line) at the
-            first malformed line instead of skipping it. Lines with fewer fields (trailing
-            empty fields stripped) are padded with empty fields in either mode.
-        max_rows: read at most this many lines in all (``None``: every line).
+        label: (N,) 0/1 clicks.
+        dense: (N, 13) floats; rounded to integers, NaN -> empty field (missing).
+        cat: (N, 26) ints in [0, 2**32) written as 8 lowercase hex digits; -1 -> empty field.
 
-    Malformed lines (more than 40 or fewer than 2 fields, a label other than 0/1, an ``I``
-    field that is not an integer, a ``C`` field that is not 8 hex digits) are skipped and
-    counted in ``schema.stats["parse_report"]``.
+    Example::
+
+        >>> write_criteo_tsv(p, np.array([1]), np.full((1, 13), np.nan), np.full((1, 26), -1))  # doctest: +SKIP
     """
-    if split.per_user_n is not None:
-        raise ValueError(
-            f"split {split.kind!r} holds out each user's last rows, but Criteo has no users: "
-            "use kind 'random' or 'temporal' (without last_n)"
-        )
-    paths = [Path(p) for p in paths]
-    if not paths:
-        raise ValueError("prepare_criteo needs at least one file")
-    for p in paths:  # detected from the content, not the name
-        print(f"{p}: {'gzip-compressed ' if is_gzip(p) else ''}Criteo TSV")
-    # a temporal cut needs the line count first; a random split is drawn line by line
-    total = count_lines(paths, max_rows) if split.kind != "random" else 0
-    reports = [ParseReport(source=str(p), strict=strict) for p in paths]
-    file_start: dict[int, int] = {}  # first line of each file
-    out = _Writer(writer)
-    try:
-        with closing(parsed_chunks(paths, chunk_bytes, max_rows)) as parts:  # closing stops
-            for part in parts:  # the reader on errors
-                start = file_start.setdefault(part.file, part.first)
-                encoded = _checked(part, reports[part.file], start)
-                out.add(part, encoded, _split_of(part.lines, split, total))
-        cardinalities = out.finish(min_count)
-    finally:
-        out.close()
+    opts = pv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    pv.write_csv(criteo_table(label, dense, cat), str(path), opts)
 
-    total_report = ParseReport(source=", ".join(str(p) for p in paths))
-    for r in reports:
-        total_report.merge(r)
-        if r.skipped or r.padded:
-            print(r.summary())
-    kept = sum(out.rows)
-    return Schema(
-        name=name,
-        task="ctr",
-        sparse=[SparseField(c, n) for c, n in zip(SPARSE_NAMES, cardinalities, strict=True)],
-        dense=list(DENSE_NAMES),
-        splits=dict(zip(SPLITS, out.rows, strict=True)),
-        stats={
-            "lines": total_report.lines,
-            "skipped": total_report.skipped,
-            "parse_report": total_report.to_dict(),
-            "label_mean": out.clicks / kept if kept else None,
-        },
-    )
+
+def prepare_criteo(paths: list[Path], writer: CacheWriter, *, name: str = "criteo",
+                   **kw: Any) -> Schema:  # fmt: skip
+    """:func:`~reccomp.data.ctr.prepare_ctr` with the Criteo format (same keywords)."""
+    return prepare_ctr(paths, writer, CRITEO, name=name, **kw)

@@ -38,8 +38,8 @@ class RecDataModule(pl.LightningDataModule):
 
     Args:
         dataset: ``movielens`` (or a release name such as ``ml-100k``), ``criteo`` (or
-            ``criteo-kaggle``), ``synthetic-movielens`` or ``synthetic-criteo``.
-        root: directory (or file, for Criteo) holding the source files.
+            ``criteo-kaggle``), ``avazu``, ``synthetic-movielens`` or ``synthetic-criteo``.
+        root: directory holding the source files, or one file.
         task: ``rating``, ``ctr`` or ``retrieval``.
         split: how rows are split (see :class:`~reccomp.data.splits.SplitConfig`).
         batch_size: training batch size. eval_batch_size: validation / test batch size.
@@ -115,7 +115,7 @@ class RecDataModule(pl.LightningDataModule):
         root = Path(self.root) if self.root is not None else None
         files = source_files(self.dataset, root)
         settings = dataclasses.asdict(self.settings)
-        if canonical(self.dataset) == "criteo":  # side features do not exist there
+        if canonical(self.dataset) in ("criteo", "avazu"):  # they have no side features
             settings.pop("side_features")
         key = cache_key(canonical(self.dataset), files, settings)
         return cache_root(self.cache_dir) / f"{self.dataset}-{self.task}-{key}"

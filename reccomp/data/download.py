@@ -1,11 +1,12 @@
-"""Downloads of the full public data sets (MovieLens, Criteo Kaggle) into a data root.
+"""Downloads of the full public data sets (MovieLens, Criteo Kaggle, Avazu) into a data root.
 
 ``download(name, root)`` fetches the official archive, verifies its checksum, extracts it
 and returns the directory holding the data files. The archive is written to a temporary file
 beside its destination and renamed only once its checksum matched, and it is extracted into a
 temporary directory that is moved into place only once complete, so an interrupted run never
 leaves a file that looks finished. The verified archive is kept in ``root``: a later run
-re-extracts it without downloading (delete it to save space).
+re-extracts it without downloading (delete it to save space). Avazu has no anonymous
+address (Kaggle needs an account): without a mirror the command says where to get it.
 
 Mirrors and tests: the ``url`` argument (a full archive address or a base directory) or the
 environment variable ``RECCOMP_DOWNLOAD_BASE_URL`` (a base directory) replaces the official
@@ -14,8 +15,8 @@ address; the archive must still match the registered checksum.
 Example::
 
     >>> from reccomp.data.download import download, list_datasets
-    >>> list_datasets()[:2]
-    ['criteo-kaggle', 'ml-100k']
+    >>> list_datasets()[:3]
+    ['avazu', 'criteo-kaggle', 'ml-100k']
     >>> download("ml-100k", "data")  # doctest: +SKIP
     PosixPath('data/ml-100k')
 """
@@ -81,6 +82,10 @@ class DatasetSpec:
         size: archive size in bytes, None when unknown (only shown and used for a disk check).
         md5_sidecar: the host publishes ``<url>.md5``, used when md5 and sha256 are None.
         homepage: where a person can get the file by hand.
+        extract: the archive is an archive to extract; when False it is the data file itself
+            (e.g. a gzip-compressed CSV the reader takes as it is) and lands in ``folder``.
+        manual: no anonymous download exists (a licence or an account is needed): without a
+            mirror ``url`` the command says where to get the file and where to put it.
     """
 
     name: str
@@ -94,6 +99,11 @@ class DatasetSpec:
     size: int | None = None
     md5_sidecar: bool = False
     homepage: str = ""
+    extract: bool = True
+    manual: str = ""
+
+    def archive_path(self, root: Path) -> Path:
+        return root / self.filename if self.extract else root / self.folder / self.filename
 
 
 _GROUPLENS = "https://files.grouplens.org/datasets/movielens"
@@ -180,6 +190,27 @@ DATASETS: dict[str, DatasetSpec] = {
             size=4_576_820_670,
             homepage="https://ailab.criteo.com/ressources/",
         ),
+        DatasetSpec(
+            name="avazu",
+            # Kaggle serves it only to a signed-in account that accepted the competition's
+            # rules: no anonymous address exists, so `url` is where a person gets it.
+            url="https://www.kaggle.com/c/avazu-ctr-prediction/data",
+            filename="train.gz",
+            folder="avazu",
+            files=("train.gz",),
+            archive_has_folder=False,
+            homepage="https://www.kaggle.com/c/avazu-ctr-prediction/data",
+            extract=False,  # the reader takes the gzip-compressed CSV as it is
+            manual=(
+                "Avazu's data is distributed by Kaggle under the competition's rules, which "
+                "need a Kaggle account that accepted them, so it cannot be fetched "
+                "anonymously. Sign in and accept the rules at "
+                "https://www.kaggle.com/c/avazu-ctr-prediction/rules, then download train.gz "
+                "(about 1.1 GiB) from https://www.kaggle.com/c/avazu-ctr-prediction/data, or "
+                "with Kaggle's CLI: kaggle competitions download -c avazu-ctr-prediction -f "
+                "train.gz"
+            ),
+        ),
     )
 }
 
@@ -249,15 +280,21 @@ def download(
     if not force and all((data_dir / f).is_file() for f in spec.files):
         _say(f"{name}: already in {data_dir}, skipping download (use force to redo it)")
         return data_dir
-    root.mkdir(parents=True, exist_ok=True)
+    archive = spec.archive_path(root)
+    if spec.manual and not (url or os.environ.get(BASE_URL_ENV)):
+        raise DownloadError(
+            f"{_prefix(spec)}{spec.manual}. Put it at {archive} and pass --data.root "
+            f"{data_dir}; with a mirror of your own: reccomp data download {name} --url URL"
+        )
+    archive.parent.mkdir(parents=True, exist_ok=True)
     src = resolve_url(spec, url)
-    archive = root / spec.filename
     if archive.is_file() and not force:
         _say(f"{name}: using the archive already in {archive}")
         _verify(spec, src, archive, _hash_file(archive), timeout, downloaded=False)
     else:
         _download_verified(spec, src, archive, root, timeout)
-    _extract(spec, archive, root)
+    if spec.extract:
+        _extract(spec, archive, root)
     _say(f"{name}: ready in {data_dir}")
     return data_dir
 
@@ -277,7 +314,7 @@ def _manual_hint(spec: DatasetSpec, src: str, root: Path) -> str:
     page = f" (see {spec.homepage})" if spec.homepage else ""
     return (
         f"To get the data by hand: download {src}{page} on a machine with internet access "
-        f"and copy it to {root / spec.filename} (the next `reccomp data download {spec.name}` "
+        f"and copy it to {spec.archive_path(root)} (the next `reccomp data download {spec.name}` "
         f"verifies and extracts it), or extract it yourself so that "
         f"{root / spec.folder / spec.files[0]} exists; then point --data.root at {root}."
     )

@@ -5,7 +5,8 @@ a prepared directory. Names::
 
     movielens (aliases ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest,
                ml-latest-small, ml-1m-head): any MovieLens release, format detected
-    criteo    (aliases criteo-kaggle, criteo-1tb): 40-column TSV files
+    criteo    (aliases criteo-kaggle, criteo-1tb): TSV, CSV with a header, gzip, Parquet
+    avazu     Kaggle's train.gz (CSV with a header), plain, gzip or Parquet
     synthetic-movielens, synthetic-criteo: generated, no files
 """
 
@@ -35,7 +36,12 @@ MOVIELENS_ALIASES = (
     "ml-latest-small",
 )
 CRITEO_ALIASES = ("criteo-kaggle", "criteo-1tb")
-SOURCES = ("movielens", "criteo", "synthetic-movielens", "synthetic-criteo")
+SOURCES = ("movielens", "criteo", "avazu", "synthetic-movielens", "synthetic-criteo")
+# files a directory root stands for, by data set family (a file root is read as it is)
+_CTR_FILES = {
+    "criteo": ("train.txt", "train.txt.gz", "train.csv", "train.csv.gz", "*.parquet", "day_*"),
+    "avazu": ("train", "train.gz", "train.csv", "train.csv.gz", "*.parquet"),
+}
 
 
 def canonical(name: str) -> str:
@@ -53,6 +59,8 @@ def _download_hint(dataset: str) -> str:
     name = dataset if dataset in MOVIELENS_ALIASES + CRITEO_ALIASES else None
     if name in (None, "ml-1m-head"):
         name = "ml-1m" if canonical(dataset) == "movielens" else "criteo-kaggle"
+    if dataset == "avazu":
+        return "`reccomp data download avazu` says where to get it (a Kaggle download)"
     if name in ("ml-10m", "ml-32m", "ml-latest", "criteo-1tb"):
         return f"download {name} from its official site and point --data.root at it"
     return f"get it with: reccomp data download {name} --root DIR, then pass --data.root DIR"
@@ -76,16 +84,15 @@ def source_files(dataset: str, root: Path | None) -> list[Path]:
                 f"no {dataset} data at {root.resolve()}: the path does not exist; {_download_hint(dataset)}"
             )
         return movielens_sources(root)  # its error names the path and the download command
-    files = (
-        [root]
-        if root.is_file()
-        else sorted(root.glob("train.txt")) + sorted(root.glob("day_*"))
-        if root.is_dir()
-        else []
-    )
+    if root.is_file():
+        return [root]
+    files = [f for pattern in _CTR_FILES[kind] for f in sorted(root.glob(pattern))]
+    files = list(dict.fromkeys(f for f in files if f.is_file()))
     if not files:
+        looked = ", ".join(_CTR_FILES[kind])
+        where = root.resolve()
         raise FileNotFoundError(
-            f"no {dataset} data found at {root.resolve()} (looked for train.txt or day_* files); {_download_hint(dataset)}"
+            f"no {dataset} data found at {where} (looked for {looked}); {_download_hint(dataset)}"
         )
     return files
 
@@ -106,17 +113,29 @@ class PrepareSettings:
     synthetic: dict[str, Any] | None = None
 
 
+def _ctr_format(kind: str) -> Any:
+    if kind == "avazu":
+        from reccomp.data.avazu import AVAZU
+
+        return AVAZU
+    from reccomp.data.criteo import CRITEO
+
+    return CRITEO
+
+
 def prepare_source(root: Path | None, s: PrepareSettings, writer: CacheWriter) -> Schema:
     """Parse/generate, frame the task, split, encode and write (caller finishes the writer)."""
     kind = canonical(s.dataset)
-    if kind == "criteo":
-        from reccomp.data.criteo import prepare_criteo
+    if kind in _CTR_FILES:
+        from reccomp.data.ctr import prepare_ctr
 
+        fmt = _ctr_format(kind)
         if s.task != "ctr":
-            raise ValueError(f"Criteo data has click labels: use task 'ctr', not {s.task!r}")
-        return prepare_criteo(
+            raise ValueError(f"{fmt.name} data has click labels: use task 'ctr', not {s.task!r}")
+        return prepare_ctr(
             source_files(s.dataset, root),
             writer,
+            fmt,
             name=s.dataset,
             split=s.split,
             min_count=s.min_count,

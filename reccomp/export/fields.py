@@ -32,6 +32,9 @@ DENSE_TRANSFORM = "log1p_clamp"  # reccomp.data.prepare.transform_dense
 
 def _kind(dataset: str, schema: Schema, name: str, vocab: np.ndarray) -> dict[str, Any]:
     family = canonical(dataset)
+    kinds = schema.stats.get("value_kinds") or {}
+    if name in kinds:  # click logs record the kind of every field
+        return {"kind": kinds[name]}
     if family == "criteo" and name.startswith("C"):
         return {"kind": "hex"}
     if family == "movielens" and name == "zip":

@@ -92,7 +92,7 @@ def test_fit_on_an_all_bad_file_exits_before_training(
     from reccomp.cli import run_cli
 
     monkeypatch.chdir(tmp_path)
-    root = _write(tmp_path, b"label,I1,I2\n1,2,3\n0,4,5\n")
+    root = _write(tmp_path, b"1 2 3\n0 4 5\n1 2 2\n")
     with pytest.raises(SystemExit) as exit_:
         run_cli(["fit", "--config", CRITEO, "--data.root", str(root)])
     assert exit_.value.code == 2

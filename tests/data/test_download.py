@@ -287,11 +287,11 @@ def test_unknown_name_lists_known_ones(tmp_path):
 
 def test_registry_names_urls_and_checksums(monkeypatch):
     assert list_datasets() == [
-        "criteo-kaggle", "ml-100k", "ml-1m", "ml-20m", "ml-25m", "ml-latest-small",
+        "avazu", "criteo-kaggle", "ml-100k", "ml-1m", "ml-20m", "ml-25m", "ml-latest-small",
     ]  # fmt: skip
     for name, spec in DATASETS.items():
         assert spec.name == name and spec.url.startswith("https://")
-        assert spec.md5 or spec.sha256 or spec.md5_sidecar
+        assert spec.md5 or spec.sha256 or spec.md5_sidecar or spec.manual
         for digest, n in ((spec.md5, 32), (spec.sha256, 64)):
             assert digest is None or (len(digest) == n and int(digest, 16) >= 0)
             assert digest is None or digest == digest.lower()
@@ -302,3 +302,34 @@ def test_registry_names_urls_and_checksums(monkeypatch):
     assert resolve_url(DATASETS["criteo-kaggle"]) == "http://127.0.0.1:1/mirror/dac.tar.gz"
     assert resolve_url(DATASETS["ml-1m"], "http://127.0.0.1:2/x.zip") == "http://127.0.0.1:2/x.zip"
     assert dl.get_spec("ml-1m") is DATASETS["ml-1m"]
+
+
+def test_avazu_says_where_to_get_it_without_a_mirror(tmp_path, capsys):
+    from reccomp.data.cli import data_main
+
+    assert data_main(["download", "avazu", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "kaggle.com/c/avazu-ctr-prediction" in err and str(tmp_path / "avazu" / "train.gz") in err
+    )
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
+def test_avazu_from_a_mirror_is_kept_as_it_is_and_prepares(server, served, tmp_path, capsys):
+    from reccomp.data.avazu import write_avazu_csv
+    from reccomp.data.cache import CacheWriter
+    from reccomp.data.sources import source_files
+    from reccomp.data.splits import SplitConfig
+
+    base, requests = server
+    write_avazu_csv(served / "train.gz", 500, compress=True)
+    out = download("avazu", tmp_path, url=base)
+    assert out == tmp_path / "avazu" and requests == ["/train.gz"]
+    assert (out / "train.gz").read_bytes() == (served / "train.gz").read_bytes()
+    assert "could not be verified" in capsys.readouterr().err  # Kaggle publishes no checksum
+    assert download("avazu", tmp_path) == out  # there now: no mirror needed
+    from reccomp.data.avazu import prepare_avazu
+
+    schema = prepare_avazu(source_files("avazu", out), CacheWriter(tmp_path / "p"),
+                           split=SplitConfig())  # fmt: skip
+    assert sum(schema.splits.values()) == 500
