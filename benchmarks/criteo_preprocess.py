@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reccomp.data.cache import CacheWriter
 from reccomp.data.avazu import prepare_avazu, write_avazu_csv
+from reccomp.data.cache import CacheWriter
 from reccomp.data.criteo import N_SPARSE, prepare_criteo, write_criteo_tsv
 from reccomp.data.splits import SplitConfig
 
