@@ -115,7 +115,7 @@ class FileLayout:
         return f"gzip-compressed {what}" if self.gzip else what
 
 
-def _first_line(path: Path, gz: bool) -> bytes:
+def _first_line(path: Path) -> bytes:
     from reccomp.data.ctr_text import Source
 
     with Source(path) as f:
@@ -145,7 +145,7 @@ def sniff(path: Path, fmt: CtrFormat) -> FileLayout:
         _check_names(path, fmt, names, "the Parquet schema")
         return FileLayout(path, "parquet", columns=names, floats=True)
     gz = magic[:2] == GZIP_MAGIC
-    line = _first_line(path, gz)
+    line = _first_line(path)
     delimiter = "\t" if b"\t" in line or b"," not in line else ","
     names = tuple(_names(line, delimiter))
     known = set(fmt.needed) | set(fmt.columns or ())

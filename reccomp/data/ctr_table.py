@@ -167,18 +167,18 @@ def to_parsed(
             arr = arr.dictionary_decode()
         t = arr.type
         numeric = pa.types.is_integer(t) or pa.types.is_floating(t)
-        is_int = not (pa.types.is_fixed_size_binary(t) or (fmt.kind(c) == "hex" and not numeric))
-        if pa.types.is_fixed_size_binary(t):
+        if pa.types.is_fixed_size_binary(t):  # hex as typed by the text reader
             if t.byte_width != 8:
                 raise DataError(f"column {c} holds {t.byte_width}-byte values, not 8 hex digits")
-            out[:] = raw_keys(arr)
-        elif not is_int:
-            out[:] = _string_keys(arr)
+            out[:], is_int = raw_keys(arr), False
+        elif fmt.kind(c) == "hex" and not numeric:  # hex strings
+            out[:], is_int = _string_keys(arr), False
         else:  # integers (a hex field stored as its integer value holds the same values)
             x, nonnum = _numbers(arr)
             out[:], b = _int_keys(x, fmt.kind(c))
             lo, hi = INT_RANGE[fmt.kind(c)]
             bad[f"{c} is not an integer in [{lo}, {hi})"] = b | nonnum
+            is_int = True
         flags.append(is_int)
     for out, d in zip(keys[len(fmt.sparse) :], fmt.derived, strict=True):
         x, nonnum = _numbers(table[d.source])

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from reccomp.data.cache import CacheWriter
+from reccomp.data.ctr_layout import CtrFormat
 from reccomp.data.prepare import frame_task, prepare_raw
 from reccomp.data.schema import Schema
 from reccomp.data.splits import SplitConfig
@@ -113,7 +114,7 @@ class PrepareSettings:
     synthetic: dict[str, Any] | None = None
 
 
-def _ctr_format(kind: str) -> Any:
+def _ctr_format(kind: str) -> CtrFormat:
     if kind == "avazu":
         from reccomp.data.avazu import AVAZU
 
