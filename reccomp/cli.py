@@ -143,6 +143,20 @@ class InterruptCheckpoint(Callback):
         print(f"\nInterrupted: saved {path}; go on with: reccomp fit --resume {run}", flush=True)
 
 
+def _torchrun_devices(config: dict[str, Any]) -> None:
+    """Under torchrun, the process count is torchrun's: devices per node and nodes follow
+    from it unless the config sets them (Lightning's CPU default is one device)."""
+    import os
+
+    local, world = os.environ.get("LOCAL_WORLD_SIZE"), os.environ.get("WORLD_SIZE")
+    if local is None or world is None or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    if config.get("devices") in (None, "auto"):
+        config["devices"] = int(local)
+    if config.get("num_nodes") in (None, 1):
+        config["num_nodes"] = int(world) // int(local)
+
+
 class RecCLI(LightningCLI):
     """LightningCLI wired for reccomp: schema linking, test after fit, metrics.json."""
 
@@ -163,6 +177,7 @@ class RecCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in given
         ):
             callbacks = [*callbacks, EpochProgressBar()]
+        _torchrun_devices(config)
         return super()._instantiate_trainer(config, callbacks)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -181,7 +196,9 @@ class RecCLI(LightningCLI):
         trainer = self.trainer
         if trainer.fast_dev_run:  # Lightning turns loggers and checkpoints off for it
             return "fast_dev_run: no run directory (loggers and checkpoints are off)"
-        run_dir = Path(trainer.log_dir or ".")
+        run_dir = Path(trainer.log_dir or ".")  # every rank asks: it is a broadcast
+        if not trainer.is_global_zero:
+            return run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "metrics.json"
         metrics: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
@@ -221,6 +238,9 @@ class RecCLI(LightningCLI):
             extra["embeddings/method"] = self.model.spec.method
             extra["embeddings/budget"] = self.model.spec.budget
             extra["embeddings/tables"] = self.model.embedding_report()
+        sharding = getattr(self.trainer.strategy, "sharding_", None)
+        if sharding:
+            extra["embeddings/sharding"] = sharding
         run_dir = self._write_metrics({**val, **extra})
         print(run_dir)
 
@@ -252,6 +272,8 @@ class RecCLI(LightningCLI):
 
 def run_cli(argv: list[str] | None) -> RecCLI:
     """Run a LightningCLI subcommand; ``argv=None`` reads the command line."""
+    import reccomp.distributed.strategy  # noqa: F401  (registers --trainer.strategy torchrec)
+
     name = _run_name(sys.argv[1:] if argv is None else argv)
     return RecCLI(
         RecTask,

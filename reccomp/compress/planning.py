@@ -67,6 +67,8 @@ def plan_tables(schema: Schema, spec: Any) -> list[TablePlan]:
     for f in schema.sparse:
         name, options = spec.method, spec.options
         override = spec.tables.get(f.name)
+        if override is not None and not set(override) & {"method", "options"}:
+            override = None  # only a sharding choice (reccomp.distributed)
         if override is not None:
             name, options = override.get("method", name), override.get("options", {})
         elif f.cardinality < spec.min_rows and not _graph_field(spec, schema, f.name):

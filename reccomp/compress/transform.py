@@ -68,7 +68,9 @@ def optimizer_states(coll: CompressedEmbeddingBagCollection) -> dict[str, list[t
     """Storage table name -> the fused optimizer's state tensors of that table (views of the
     live state, sorted by state name; Adagrad: one (rows, width) or, row-wise, (rows,))."""
     fused = getattr(coll.storage, "fused_optimizer", None)
-    if fused is None:  # plain EmbeddingBagCollection (serving): no optimizer
+    if fused is None or not callable(fused):
+        # plain EmbeddingBagCollection (serving): no optimizer; a sharded storage holds
+        # shards of it (reccomp.distributed.checkpoint reads those)
         return {}
     opt = fused()
     out = {}

@@ -140,9 +140,19 @@ class CacheWriter:
     def finish(self, schema: Schema) -> Path:
         schema.save(self.tmp)
         (self.tmp / "COMPLETE").write_text("ok\n")
-        if self.final_dir.exists():
-            shutil.rmtree(self.final_dir)
-        os.replace(self.tmp, self.final_dir)
+        if is_complete(self.final_dir):
+            # another process (a rank of the same run) finished the same key first: its
+            # arrays are these, and someone may be reading them
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            if self.final_dir.exists():
+                shutil.rmtree(self.final_dir)
+            try:
+                os.replace(self.tmp, self.final_dir)
+            except OSError:
+                if not is_complete(self.final_dir):
+                    raise
+                shutil.rmtree(self.tmp, ignore_errors=True)
         schema.root = self.final_dir
         return self.final_dir
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 
 from reccomp.data.cache import CacheWriter, cache_key, cache_root, is_complete, load_split
 from reccomp.data.checks import check_prepared
@@ -125,6 +126,7 @@ class RecDataModule(pl.LightningDataModule):
         if self.schema_ is not None:
             return self.schema_
         out = self.prepared_dir()
+        _wait_for_local_rank0(out)
         cached = is_complete(out)
         if not cached:
             t0 = time.perf_counter()
@@ -179,6 +181,7 @@ class RecDataModule(pl.LightningDataModule):
             self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             seed=self.shuffle_seed,
+            **_ranks(),
         )
 
     def _retrieval(self, split: str) -> RetrievalIterator:
@@ -208,6 +211,7 @@ class RecDataModule(pl.LightningDataModule):
             schema.user_field,  # type: ignore[arg-type]
             n_items,
             max(1, min(self.eval_batch_size, 1024)),
+            **_ranks(),
         )
 
     def train_dataloader(self) -> BatchIterator:
@@ -228,3 +232,22 @@ class RecDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> BatchIterator:
         return self._iter("test", train=False)
+
+
+def _ranks() -> dict[str, int]:
+    """This process's rank and the world size (0 and 1 without torch.distributed)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return {"rank": dist.get_rank(), "world": dist.get_world_size()}
+    return {"rank": 0, "world": 1}
+
+
+def _wait_for_local_rank0(out: Path, poll_s: float = 0.5) -> None:
+    """Under torchrun, ranks other than each node's first wait for it to prepare the cache
+    (torchrun stops them all if it fails) rather than prepare the same data again."""
+    import os
+
+    if os.environ.get("LOCAL_RANK", "0") == "0" or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    while not is_complete(out):
+        time.sleep(poll_s)

@@ -78,8 +78,24 @@ def make_kjt(
     return KeyedJaggedTensor(keys=keys, values=torch.cat(vals), lengths=torch.cat(lens))
 
 
+def rank_share(start: int, stop: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of ``[start, stop)`` that ``rank`` of ``world`` reads: contiguous
+    shares differing by at most one row.
+
+    >>> [rank_share(0, 5, r, 2) for r in range(2)]
+    [(0, 2), (2, 5)]
+    """
+    n = stop - start
+    return start + n * rank // world, start + n * (rank + 1) // world
+
+
 class BatchIterator:
-    """Iterates a split in batches; reshuffled (seed + epoch) at each pass when ``shuffle``."""
+    """Iterates a split in batches; reshuffled (seed + epoch) at each pass when ``shuffle``.
+
+    With ``world > 1`` ranks, ``batch_size`` is the global batch: every rank draws the same
+    order and reads its share (:func:`rank_share`) of each batch, so the ranks together
+    see what one process would.
+    """
 
     def __init__(
         self,
@@ -89,6 +105,8 @@ class BatchIterator:
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.data = data
         self.keys = keys
@@ -96,6 +114,7 @@ class BatchIterator:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.rank, self.world = rank, world
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -120,10 +139,15 @@ class BatchIterator:
             gen = torch.Generator().manual_seed(self.seed + self.epoch)
             data = data.take(torch.randperm(len(data), generator=gen))
         self.epoch += 1
+        n = len(data)
         for i in range(len(self)):
-            s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            start, stop = i * self.batch_size, min((i + 1) * self.batch_size, n)
+            lo, hi = rank_share(start, stop, self.rank, self.world)
+            s = slice(lo, hi)
             bags = {k: v[s] for k, v in data.bags.items()}
-            yield Batch(data.dense[s], make_kjt(self.keys, data.sparse[s], bags), data.label[s])
+            share = (hi - lo) * self.world / max(stop - start, 1)
+            kjt = make_kjt(self.keys, data.sparse[s], bags)
+            yield Batch(data.dense[s], kjt, data.label[s], share)
 
 
 def user_item_csr(
@@ -153,6 +177,7 @@ class RetrievalIterator:
         target / exclude: CSR (indptr, items) over all user rows.
         keys: KJT keys; users go under ``user_key``, other keys get empty bags.
         n_items: number of item rows (the ranking is over all of them).
+        rank, world: with several ranks, each reads its share of every batch of users.
     """
 
     def __init__(
@@ -164,7 +189,10 @@ class RetrievalIterator:
         user_key: str,
         n_items: int,
         batch_size: int,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
+        self.rank, self.world = rank, world
         self.users, self.target, self.exclude = users, target, exclude
         self.keys, self.user_key, self.n_items, self.batch_size = (
             keys,
@@ -189,7 +217,10 @@ class RetrievalIterator:
 
     def __iter__(self) -> Iterator[RetrievalBatch]:
         for i in range(len(self)):
-            u = self.users[i * self.batch_size : (i + 1) * self.batch_size]
+            start = i * self.batch_size
+            lo, hi = rank_share(start, min(start + self.batch_size, len(self.users)),
+                                self.rank, self.world)  # fmt: skip
+            u = self.users[lo:hi]
             b = len(u)
             values = torch.from_numpy(u.astype(np.int32))
             lengths = torch.cat(

@@ -32,6 +32,8 @@ from torchrec.optim import RowWiseAdagrad
 
 from reccomp.data.schema import Schema
 
+SHARDING_TYPES = ("auto", "table_wise", "row_wise", "column_wise", "table_row_wise")
+
 SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adagrad": torch.optim.Adagrad,
@@ -59,8 +61,12 @@ class EmbeddingSpec:
         init_std: rows start as N(0, init_std^2); ``None`` = 1/sqrt(dim).
         pooling: ``sum`` or ``mean`` pooling of multi-valued fields.
         options: the method's options (its config dataclass's fields).
-        tables: per-field overrides, ``{field: {method: NAME, options: {...}}}``.
+        tables: per-field overrides, ``{field: {method: NAME, options: {...},
+            sharding: TYPE}}``.
         min_rows: tables with fewer rows stay uncompressed (``full``).
+        sharding: how ``--trainer.strategy torchrec`` shards the storage tables: ``auto``
+            (TorchRec's planner), ``table_wise``, ``row_wise``, ``column_wise`` or
+            ``table_row_wise`` (see docs/distributed.md); one process ignores it.
     """
 
     method: str = "full"
@@ -77,6 +83,7 @@ class EmbeddingSpec:
     options: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     min_rows: int = 1000
+    sharding: str = "auto"
 
     def __post_init__(self) -> None:
         from reccomp.compress import make_config
@@ -88,13 +95,23 @@ class EmbeddingSpec:
         try:
             make_config(self.method, self.options)
             for name, o in self.tables.items():
-                if set(o) - {"method", "options"}:
+                if set(o) - {"method", "options", "sharding"}:
                     raise ValueError(
-                        f"tables.{name}: keys are 'method' and 'options', got {sorted(o)}"
+                        f"tables.{name}: keys are 'method', 'options' and 'sharding', "
+                        f"got {sorted(o)}"
+                    )
+                if o.get("sharding", "table_wise") not in SHARDING_TYPES[1:]:
+                    raise ValueError(
+                        f"tables.{name}.sharding: unknown {o['sharding']!r}; "
+                        f"known: {SHARDING_TYPES[1:]}"
                     )
                 make_config(o.get("method", self.method), o.get("options", {}))
         except ValueError as e:
             raise ValueError(f"embeddings: {e}") from None
+        if self.sharding not in SHARDING_TYPES:
+            raise ValueError(
+                f"embeddings.sharding: unknown {self.sharding!r}; known: {SHARDING_TYPES}"
+            )
         if self.min_rows < 0:
             raise ValueError(f"embeddings.min_rows must be >= 0, got {self.min_rows}")
         if self.optimizer not in SPARSE_OPTIMIZERS:

@@ -27,11 +27,15 @@ class Batch:
         dense: (B, D) float32, D may be 0.
         sparse: KeyedJaggedTensor with one key per sparse field, stride B.
         labels: (B,) float32 (rating or click).
+        share: this rank's rows times the number of ranks over the global batch's rows (1.0
+            in one process, and whenever the global batch divides evenly): the weight that
+            makes the ranks' averaged mean losses the global batch's mean loss.
     """
 
     dense: torch.Tensor
     sparse: KeyedJaggedTensor
     labels: torch.Tensor
+    share: float = 1.0
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -41,10 +45,13 @@ class Batch:
             self.dense.to(device, non_blocking=non_blocking),
             self.sparse.to(torch.device(device), non_blocking=non_blocking),
             self.labels.to(device, non_blocking=non_blocking),
+            self.share,
         )
 
     def pin_memory(self) -> Batch:
-        return Batch(self.dense.pin_memory(), self.sparse.pin(), self.labels.pin_memory())
+        return Batch(
+            self.dense.pin_memory(), self.sparse.pin(), self.labels.pin_memory(), self.share
+        )
 
 
 @dataclass

@@ -88,8 +88,9 @@ class RecTask(pl.LightningModule):
         self.spec = embeddings
         self.optimizer_factory = optimizer
         self.early_stopping_patience = early_stopping_patience
-        self.embeddings = build_embeddings(self.schema, embeddings)
-        self.model = model(self.embeddings, self.schema.num_dense)
+        # the collection lives at one path, model.embeddings (``self.embeddings`` reads it):
+        # TorchRec's planner would plan a module reachable at two paths twice
+        self.model = model(build_embeddings(self.schema, embeddings), self.schema.num_dense)
         if low_rank_dense:
             from reccomp.compress.dense import factorize_linears
 
@@ -99,6 +100,50 @@ class RecTask(pl.LightningModule):
             if interact is None:
                 raise ValueError(f"compile: {type(self.model).__name__} has no interact()")
             self.model.interact = torch.compile(interact)
+
+    @property
+    def embeddings(self) -> nn.Module:
+        """The embedding collection (``model.embeddings``)."""
+        return self.model.embeddings
+
+    @embeddings.setter
+    def embeddings(self, module: nn.Module) -> None:
+        self.model.embeddings = module
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        # checkpoints written before the collection had one path hold it twice
+        # (embeddings.* and model.embeddings.*): the second copy is the same tensors
+        if any(k.startswith("embeddings.") for k in state_dict):
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("embeddings.")}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # -- several ranks: each evaluates its share of every batch ---------------------------------
+    def _world(self) -> int:
+        dist = torch.distributed
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    def _sum_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over ranks (itself in one process)."""
+        if self._world() > 1:
+            t = t.to(self.device, copy=True)  # NCCL reduces device tensors only
+            torch.distributed.all_reduce(t)
+            t = t.cpu()
+        return t
+
+    def _cat_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        """The rows of ``t`` of every rank, rank by rank (rows may differ in number)."""
+        if self._world() == 1:
+            return t
+        dist = torch.distributed
+        n = torch.tensor([t.shape[0]], device=self.device)
+        sizes = [torch.zeros_like(n) for _ in range(self._world())]
+        dist.all_gather(sizes, n)
+        top = int(max(s.item() for s in sizes))
+        padded = torch.zeros((top, *t.shape[1:]), dtype=t.dtype, device=self.device)
+        padded[: t.shape[0]] = t
+        parts = [torch.zeros_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)]).cpu()
 
     # -- data-dependent compression state (frequency ranks, graph clusters) -------------------
     def setup(self, stage: str) -> None:
@@ -177,7 +222,15 @@ class RecTask(pl.LightningModule):
             dense = [nn.Parameter(torch.zeros(1))]
         return self.optimizer_factory(dense)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._share = float(getattr(batch, "share", 1.0))
+
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        # several ranks, a global batch that does not divide evenly: weight each rank's mean
+        # loss by its share of rows, so the ranks' averaged gradients are the batch's
+        share = getattr(self, "_share", 1.0)
+        if share != 1.0:
+            loss = loss * share
         # a method's regularizer (e.g. maestro's group lasso) joins every task's loss here
         fn = getattr(self.embeddings, "penalty", None)
         penalty = fn() if callable(fn) else None

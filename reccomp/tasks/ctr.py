@@ -38,8 +38,8 @@ class CTRTask(RecTask):
         outs = self._outs.pop(stage, [])
         if not outs:
             return
-        logits = torch.cat([o[0] for o in outs])
-        labels = torch.cat([o[1] for o in outs])
+        logits = self._cat_ranks(torch.cat([o[0] for o in outs]))
+        labels = self._cat_ranks(torch.cat([o[1] for o in outs]))
         logloss = F.binary_cross_entropy_with_logits(logits.double(), labels.double()).item()
         auc = binary_auc(labels.numpy(), logits.numpy())
         self.log(f"{stage}/auc", auc if not math.isnan(auc) else 0.5, prog_bar=True)

@@ -53,7 +53,7 @@ class RatingTask(RecTask):
         ).double()
 
     def _eval_end(self, stage: str) -> None:
-        s = self._sums.pop(stage, torch.zeros(3, dtype=torch.float64))
+        s = self._sum_ranks(self._sums.pop(stage, torch.zeros(3, dtype=torch.float64)))
         n = max(s[2].item(), 1.0)
         self.log(f"{stage}/rmse", (s[0] / n).sqrt().float(), prog_bar=True)
         self.log(f"{stage}/mae", (s[1] / n).float())

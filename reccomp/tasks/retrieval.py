@@ -131,6 +131,7 @@ class RetrievalTask(RecTask):
         s = self._sums.pop(stage, None)
         if s is None:
             return
+        s = self._sum_ranks(s)
         n = max(s[-1].item(), 1.0)
         for j, k in enumerate(self.ks):
             self.log(f"{stage}/recall@{k}", (s[2 * j] / n).float(), prog_bar=k == self.ks[-1])
