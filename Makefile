@@ -3,6 +3,7 @@
 #   make setup GPU=1    same with the CUDA builds (torch from PyPI + fbgemm-gpu)
 #   make demo           train MF on the embedded synthetic data, print test metrics + run dir
 #   make test           the test suite
+#   make test-gpu       the tests marked gpu (CUDA devices + fbgemm-gpu; make setup GPU=1)
 #   make lint           ruff check + format check
 PYTHON ?= python3.11
 VENV   := .venv
@@ -12,7 +13,7 @@ TORCHREC := torchrec==1.8.0
 REQ_BUILD := requirements/$(if $(filter 1,$(GPU)),gpu,cpu).txt
 STAMP  := $(VENV)/.setup-$(if $(filter 1,$(GPU)),gpu,cpu)
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test test-gpu lint format bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +35,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-gpu: setup
+	$(BIN)/python -m pytest -q -m gpu
 
 lint: setup
 	$(BIN)/ruff check reccomp tests benchmarks

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -146,8 +147,6 @@ class InterruptCheckpoint(Callback):
 def _torchrun_devices(config: dict[str, Any]) -> None:
     """Under torchrun, the process count is torchrun's: devices per node and nodes follow
     from it unless the config sets them (Lightning's CPU default is one device)."""
-    import os
-
     local, world = os.environ.get("LOCAL_WORLD_SIZE"), os.environ.get("WORLD_SIZE")
     if local is None or world is None or "TORCHELASTIC_RUN_ID" not in os.environ:
         return
@@ -334,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     verbose, argv = verbose_requested(list(sys.argv[1:] if argv is None else argv))
     quiet(verbose)
     tune_malloc()
+    if not verbose and os.environ.get("RANK", "0") != "0":
+        # torchrun: rank 0 speaks for the run; the other ranks print only their errors
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
     if argv and argv[0] == "data":
         from reccomp.data.cli import data_main
 

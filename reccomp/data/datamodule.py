@@ -181,6 +181,7 @@ class RecDataModule(pl.LightningDataModule):
             self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             seed=self.shuffle_seed,
+            uneven="drop" if train else "pad",
             **_ranks(),
         )
 

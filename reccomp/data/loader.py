@@ -78,15 +78,30 @@ def make_kjt(
     return KeyedJaggedTensor(keys=keys, values=torch.cat(vals), lengths=torch.cat(lens))
 
 
-def rank_share(start: int, stop: int, rank: int, world: int) -> tuple[int, int]:
-    """Rows ``[lo, hi)`` of ``[start, stop)`` that ``rank`` of ``world`` reads: contiguous
-    shares differing by at most one row.
+def rank_share(
+    start: int, stop: int, rank: int, world: int, uneven: str = "drop"
+) -> tuple[int, int, int]:
+    """Rows ``[lo, hi)`` of the global batch ``[start, stop)`` that ``rank`` of ``world``
+    reads, and how many padding rows follow them. Every rank's share has one size (TorchRec's
+    row-wise sharding gathers equal batches): a batch that does not divide evenly loses its
+    last ``size % world`` rows (``uneven="drop"``, training), or each rank pads its share
+    to the largest by repeating its last row (``"pad"``, evaluation, whose outputs drop
+    the padding).
 
     >>> [rank_share(0, 5, r, 2) for r in range(2)]
-    [(0, 2), (2, 5)]
+    [(0, 2, 0), (2, 4, 0)]
+    >>> [rank_share(0, 5, r, 2, "pad") for r in range(2)]
+    [(0, 3, 0), (3, 5, 1)]
     """
+    if world == 1:
+        return start, stop, 0
     n = stop - start
-    return start + n * rank // world, start + n * (rank + 1) // world
+    if uneven == "drop":
+        q = n // world
+        return start + q * rank, start + q * (rank + 1), 0
+    q = -(-n // world)
+    lo, hi = min(start + q * rank, stop), min(start + q * (rank + 1), stop)
+    return lo, hi, q - (hi - lo)
 
 
 class BatchIterator:
@@ -94,7 +109,7 @@ class BatchIterator:
 
     With ``world > 1`` ranks, ``batch_size`` is the global batch: every rank draws the same
     order and reads its share (:func:`rank_share`) of each batch, so the ranks together
-    see what one process would.
+    see what one process would (``uneven``: see :func:`rank_share`).
     """
 
     def __init__(
@@ -107,8 +122,10 @@ class BatchIterator:
         drop_last: bool = False,
         rank: int = 0,
         world: int = 1,
+        uneven: str = "drop",
     ) -> None:
         self.data = data
+        self.uneven = uneven
         self.keys = keys
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -142,12 +159,18 @@ class BatchIterator:
         n = len(data)
         for i in range(len(self)):
             start, stop = i * self.batch_size, min((i + 1) * self.batch_size, n)
-            lo, hi = rank_share(start, stop, self.rank, self.world)
-            s = slice(lo, hi)
-            bags = {k: v[s] for k, v in data.bags.items()}
-            share = (hi - lo) * self.world / max(stop - start, 1)
-            kjt = make_kjt(self.keys, data.sparse[s], bags)
-            yield Batch(data.dense[s], kjt, data.label[s], share)
+            lo, hi, pad = rank_share(start, stop, self.rank, self.world, self.uneven)
+            if hi == lo and pad == 0:
+                continue  # fewer rows than ranks, dropped: on every rank alike
+            idx = torch.arange(lo, hi)
+            if pad:  # repeat the last row (the batch's last, for a rank with none)
+                last = hi - 1 if hi > lo else stop - 1
+                idx = torch.cat([idx, torch.full((pad,), last)])
+            part = data.take(idx) if pad else data
+            s = slice(None) if pad else slice(lo, hi)
+            bags = {k: v[s] for k, v in part.bags.items()}
+            kjt = make_kjt(self.keys, part.sparse[s], bags)
+            yield Batch(part.dense[s], kjt, part.label[s], pad)
 
 
 def user_item_csr(
@@ -218,9 +241,10 @@ class RetrievalIterator:
     def __iter__(self) -> Iterator[RetrievalBatch]:
         for i in range(len(self)):
             start = i * self.batch_size
-            lo, hi = rank_share(start, min(start + self.batch_size, len(self.users)),
-                                self.rank, self.world)  # fmt: skip
-            u = self.users[lo:hi]
+            stop = min(start + self.batch_size, len(self.users))
+            lo, hi, pad = rank_share(start, stop, self.rank, self.world, "pad")
+            last = hi - 1 if hi > lo else stop - 1
+            u = np.concatenate([self.users[lo:hi], np.full(pad, self.users[last])])
             b = len(u)
             values = torch.from_numpy(u.astype(np.int32))
             lengths = torch.cat(
@@ -232,4 +256,6 @@ class RetrievalIterator:
                 ]
             )
             kjt = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths)
-            yield RetrievalBatch(kjt, self._dense(self.target, u), self._dense(self.exclude, u))
+            yield RetrievalBatch(
+                kjt, self._dense(self.target, u), self._dense(self.exclude, u), pad
+            )

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.sharding_plan import (
     column_wise,
@@ -39,6 +40,7 @@ from torchrec.distributed.sharding_plan import (
 from torchrec.distributed.types import ShardingPlan, ShardingType
 
 from reccomp.modules.embedding import SHARDING_TYPES
+
 FUSED = EmbeddingComputeKernel.FUSED.value
 
 
@@ -53,7 +55,9 @@ def storage_path(module: nn.Module) -> tuple[str, nn.Module]:
     """
     from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
-    found = [(n, m) for n, m in module.named_modules() if isinstance(m, FusedEmbeddingBagCollection)]
+    found = [
+        (n, m) for n, m in module.named_modules() if isinstance(m, FusedEmbeddingBagCollection)
+    ]
     if len(found) != 1:
         raise ShardingError(
             f"sharding needs exactly one fused storage collection, found {len(found)}"
@@ -89,10 +93,10 @@ def plan_storage(
     local = local_world_size or world_size
     per_table = _table_types(storage, sharding, overrides or {})
     if sharding == "auto" and not any(per_table.values()):
-        return _auto_plan(module, path, storage, world_size, local, device_type, pg, memory_per_rank)
-    return ShardingPlan(
-        {path: _explicit_plan(storage, per_table, world_size, local, device_type)}
-    )
+        return _auto_plan(
+            module, path, storage, world_size, local, device_type, pg, memory_per_rank
+        )
+    return ShardingPlan({path: _explicit_plan(storage, per_table, world_size, local, device_type)})
 
 
 def _table_types(storage: nn.Module, sharding: str, overrides: dict[str, str]) -> dict[str, str]:
@@ -175,8 +179,14 @@ def _auto_plan(
     kinds = [ShardingType.TABLE_WISE.value, ShardingType.COLUMN_WISE.value]
     if device_type == "cuda":
         kinds += [ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value]
+    # column shards of down to width/ranks columns (TorchRec's default floor is 128, wider
+    # than most compressed tables): on CPU that is how a table larger than a rank is split
     constraints = {
-        c.name: ParameterConstraints(sharding_types=kinds, compute_kernels=[FUSED])
+        c.name: ParameterConstraints(
+            sharding_types=kinds,
+            compute_kernels=[FUSED],
+            min_partition=_min_columns(c.embedding_dim, world),
+        )
         for c in storage.embedding_bag_configs()
     }
     cap = memory_per_rank or _memory_per_rank(device_type, local)
@@ -187,12 +197,29 @@ def _auto_plan(
         hbm_cap=cap if device_type == "cuda" else None,
         ddr_cap=cap if device_type == "cpu" else None,
     )
-    planner = EmbeddingShardingPlanner(topology=topo, constraints=constraints)
+    # a fixed reservation: the heuristic one counts the whole model as dense tensors
+    planner = EmbeddingShardingPlanner(
+        topology=topo,
+        constraints=constraints,
+        storage_reservation=FixedPercentageStorageReservation(percentage=0.15),
+    )
     sharders = get_default_sharders()
-    plan = planner.collective_plan(module, sharders, pg) if pg is not None else planner.plan(module, sharders)
+    plan = (
+        planner.collective_plan(module, sharders, pg)
+        if pg is not None
+        else planner.plan(module, sharders)
+    )
     if path not in plan.plan:
         raise ShardingError("the planner left the storage collection unsharded")
     return plan
+
+
+def _min_columns(width: int, world: int) -> int:
+    """The narrowest column shard: width/world, a multiple of 4 (FBGEMM) dividing width."""
+    n = max(4, width // world // 4 * 4)
+    while width % n:
+        n -= 4
+    return max(n, 4)
 
 
 def _memory_per_rank(device_type: str, local: int) -> int:
@@ -228,6 +255,8 @@ def format_plan(desc: dict[str, dict[str, Any]]) -> str:
     """The plan as a few lines for the console."""
     lines = []
     for name, d in desc.items():
-        mib = ", ".join(f"r{r} {b / 2**20:.2f}" for r, b in zip(d["ranks"], d["bytes_per_rank"], strict=True))
+        mib = ", ".join(
+            f"r{r} {b / 2**20:.2f}" for r, b in zip(d["ranks"], d["bytes_per_rank"], strict=True)
+        )
         lines.append(f"  {name}: {d['type']} ({mib} MiB)")
     return "\n".join(lines)

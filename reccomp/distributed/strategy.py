@@ -32,10 +32,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
+from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from torch import nn
 
 from reccomp.distributed.plan import ShardingError, describe_plan, format_plan, plan_storage
@@ -97,16 +97,7 @@ class TorchRecStrategy(DDPStrategy):
         pass
 
     def post_backward(self, closure_loss: torch.Tensor) -> None:
-        grads = [p.grad for p in self.lightning_module.parameters() if p.grad is not None]
-        if not grads or self.world_size == 1:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])  # one all-reduce, not one per tensor
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        average_gradients(self.lightning_module.parameters())
 
     # -- checkpoints ---------------------------------------------------------------------------
     def lightning_module_state_dict(self) -> dict[str, Any]:
@@ -133,6 +124,22 @@ class TorchRecStrategy(DDPStrategy):
             shutil.rmtree(sharded_path(filepath), ignore_errors=True)
 
 
+def average_gradients(params: Any) -> None:
+    """Average the gradients of ``params`` over ranks in one all-reduce (what DDP does for
+    the dense layers; the sharded tables' fused update has already happened)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    world = dist.get_world_size()
+    if not grads or world == 1:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])  # (sum of numel,)
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def sharded_path(filepath: _PATH) -> Path:
     """``checkpoints/last.ckpt`` -> ``checkpoints/last.dcp`` (its DCP directory)."""
     return Path(filepath).with_suffix(".dcp")
@@ -141,20 +148,27 @@ def sharded_path(filepath: _PATH) -> Path:
 def shard_model(
     task: Any, device: torch.device, world_size: int, local_world_size: int
 ) -> tuple[Any, dict[str, dict[str, Any]]]:
-    """Plan and shard ``task.model``'s storage in place. Returns the DistributedModelParallel
-    (kept by the strategy, not registered in the task: one path to every module) and the
-    plan per table (:func:`~reccomp.distributed.plan.describe_plan`)."""
+    """Shard ``task.model`` by ``task.spec`` (see :func:`shard_module`)."""
+    return shard_module(task.model, task.spec, device, world_size, local_world_size)
+
+
+def shard_module(
+    model: nn.Module, spec: Any, device: torch.device, world_size: int, local_world_size: int
+) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """Plan (``spec.sharding``, ``spec.tables``) and shard the storage inside ``model`` in
+    place. Returns the DistributedModelParallel (kept by the caller, not registered in the
+    model: one path to every module) and the plan per table
+    (:func:`~reccomp.distributed.plan.describe_plan`)."""
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.sharding_plan import get_default_sharders
     from torchrec.distributed.types import ShardingEnv
 
-    _, coll = _collection(task.model)
+    _, coll = _collection(model)
     refuse_unshardable(coll)
     same_fit_everywhere(coll)
-    spec = task.spec
     overrides = {f: o["sharding"] for f, o in spec.tables.items() if "sharding" in o}
     plan = plan_storage(
-        task.model,
+        model,
         world_size,
         spec.sharding,
         overrides,
@@ -162,17 +176,17 @@ def shard_model(
         device_type=device.type,
         pg=dist.group.WORLD,
     )
-    desc = describe_plan(plan, task.model)
-    before = task.model.state_dict()  # DMP re-initialises what it shards: keep this
+    desc = describe_plan(plan, model)
+    before = model.state_dict()  # DMP re-initialises what it shards: keep this
     dmp = DistributedModelParallel(
-        task.model,
+        model,
         env=ShardingEnv.from_process_group(dist.group.WORLD),
         device=device,
         plan=plan,
         sharders=get_default_sharders(),
         init_data_parallel=False,  # dense gradients: TorchRecStrategy.post_backward
     )
-    load_full_state(task.model, before)
+    load_full_state(model, before)
     return dmp, desc
 
 

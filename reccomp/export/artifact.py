@@ -91,6 +91,9 @@ def test_metrics(task: Any, dm: Any, program: Any, limit_batches: int | None) ->
     held = task.model
     task.model = ProgramAsModel(program, schema.feature_names, schema.user_field,
                                 schema.item_field)  # fmt: skip
+    # the task reads its collection (memory, phases) from model.embeddings: the program's
+    # collection is the trained one, kept beside it for that
+    task.model.embeddings = held.embeddings
     trainer = Trainer(
         logger=False,
         enable_checkpointing=False,

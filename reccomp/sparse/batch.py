@@ -27,15 +27,15 @@ class Batch:
         dense: (B, D) float32, D may be 0.
         sparse: KeyedJaggedTensor with one key per sparse field, stride B.
         labels: (B,) float32 (rating or click).
-        share: this rank's rows times the number of ranks over the global batch's rows (1.0
-            in one process, and whenever the global batch divides evenly): the weight that
-            makes the ranks' averaged mean losses the global batch's mean loss.
+        pad: trailing rows that repeat the last one, so that every rank's share of an
+            evaluation batch has one size (TorchRec's row-wise sharding needs that);
+            evaluation drops their outputs. 0 in one process.
     """
 
     dense: torch.Tensor
     sparse: KeyedJaggedTensor
     labels: torch.Tensor
-    share: float = 1.0
+    pad: int = 0
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -45,13 +45,11 @@ class Batch:
             self.dense.to(device, non_blocking=non_blocking),
             self.sparse.to(torch.device(device), non_blocking=non_blocking),
             self.labels.to(device, non_blocking=non_blocking),
-            self.share,
+            self.pad,
         )
 
     def pin_memory(self) -> Batch:
-        return Batch(
-            self.dense.pin_memory(), self.sparse.pin(), self.labels.pin_memory(), self.share
-        )
+        return Batch(self.dense.pin_memory(), self.sparse.pin(), self.labels.pin_memory(), self.pad)
 
 
 @dataclass
@@ -64,11 +62,13 @@ class RetrievalBatch:
         target: (B, I) bool, the held-out positive items of each user.
         exclude: (B, I) bool, items to leave out of the ranking (seen in training, or in
             validation when testing).
+        pad: trailing rows repeating the last user (see :class:`Batch`).
     """
 
     sparse: KeyedJaggedTensor
     target: torch.Tensor
     exclude: torch.Tensor
+    pad: int = 0
 
     def __len__(self) -> int:
         return self.target.shape[0]
@@ -78,4 +78,5 @@ class RetrievalBatch:
             self.sparse.to(torch.device(device), non_blocking=non_blocking),
             self.target.to(device, non_blocking=non_blocking),
             self.exclude.to(device, non_blocking=non_blocking),
+            self.pad,
         )

@@ -106,9 +106,13 @@ class RecTask(pl.LightningModule):
         """The embedding collection (``model.embeddings``)."""
         return self.model.embeddings
 
-    @embeddings.setter
-    def embeddings(self, module: nn.Module) -> None:
-        self.model.embeddings = module
+    def __setattr__(self, name: str, value: Any) -> None:
+        # nn.Module would register a module assigned to ``embeddings`` under the task (a
+        # second path) before any property setter runs: it goes to the model instead
+        if name == "embeddings":
+            self.model.embeddings = value
+        else:
+            super().__setattr__(name, value)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         # checkpoints written before the collection had one path hold it twice
@@ -222,15 +226,7 @@ class RecTask(pl.LightningModule):
             dense = [nn.Parameter(torch.zeros(1))]
         return self.optimizer_factory(dense)
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._share = float(getattr(batch, "share", 1.0))
-
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        # several ranks, a global batch that does not divide evenly: weight each rank's mean
-        # loss by its share of rows, so the ranks' averaged gradients are the batch's
-        share = getattr(self, "_share", 1.0)
-        if share != 1.0:
-            loss = loss * share
         # a method's regularizer (e.g. maestro's group lasso) joins every task's loss here
         fn = getattr(self.embeddings, "penalty", None)
         penalty = fn() if callable(fn) else None

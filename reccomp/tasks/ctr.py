@@ -32,7 +32,10 @@ class CTRTask(RecTask):
         return loss
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
-        self._outs.setdefault(stage, []).append((self(batch).detach().float(), batch.labels))
+        n = len(batch) - batch.pad  # padding rows (several ranks) are not scored
+        self._outs.setdefault(stage, []).append(
+            (self(batch).detach().float()[:n], batch.labels[:n])
+        )
 
     def _eval_end(self, stage: str) -> None:
         outs = self._outs.pop(stage, [])

@@ -45,12 +45,11 @@ class RatingTask(RecTask):
         return mse + self.l2 * penalty
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
-        pred = self(batch).clamp(self.low, self.high)
-        err = pred - batch.labels
+        n = len(batch) - batch.pad  # padding rows (several ranks) are not scored
+        pred = self(batch).clamp(self.low, self.high)[:n]
+        err = pred - batch.labels[:n]
         s = self._sums.setdefault(stage, torch.zeros(3, dtype=torch.float64))
-        s += torch.stack(
-            [err.pow(2).sum(), err.abs().sum(), torch.tensor(float(len(batch)))]
-        ).double()
+        s += torch.stack([err.pow(2).sum(), err.abs().sum(), torch.tensor(float(n))]).double()
 
     def _eval_end(self, stage: str) -> None:
         s = self._sum_ranks(self._sums.pop(stage, torch.zeros(3, dtype=torch.float64)))

@@ -118,13 +118,14 @@ class RetrievalTask(RecTask):
         n_t = batch.target.sum(1).float()  # (B,)
         discount = 1.0 / torch.log2(torch.arange(2, max(self.ks) + 2, device=hits.device).float())
         rows = []
+        n = len(batch) - batch.pad  # padding users (several ranks) are not scored
         for k in self.ks:
-            recall = hits[:, :k].sum(1) / n_t
-            dcg = (hits[:, :k] * discount[:k]).sum(1)
-            ideal = torch.cumsum(discount[:k], 0)[(n_t.clamp(max=k) - 1).long()]
+            recall = hits[:n, :k].sum(1) / n_t[:n]
+            dcg = (hits[:n, :k] * discount[:k]).sum(1)
+            ideal = torch.cumsum(discount[:k], 0)[(n_t[:n].clamp(max=k) - 1).long()]
             rows += [recall.sum(), (dcg / ideal).sum()]
         s = self._sums.setdefault(stage, torch.zeros(2 * len(self.ks) + 1, dtype=torch.float64))
-        s += torch.stack([*rows, torch.tensor(float(len(batch)))]).double().cpu()
+        s += torch.stack([*rows, torch.tensor(float(n))]).double().cpu()
 
     def _eval_end(self, stage: str) -> None:
         self._items = None
