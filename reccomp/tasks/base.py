@@ -298,7 +298,9 @@ class RecTask(pl.LightningModule):
         self._epoch_t0 = time.perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.train_samples_ = getattr(self, "train_samples_", 0) + len(batch)
+        # sharded: every rank trains on an equal share of the global batch
+        world = self.trainer.world_size if self._trainer is not None else 1
+        self.train_samples_ = getattr(self, "train_samples_", 0) + len(batch) * world
 
     def on_train_epoch_end(self) -> None:
         t0 = getattr(self, "_epoch_t0", None)
