@@ -6,6 +6,8 @@ drop-in module and :mod:`.base` for what a method implements.
 
 from reccomp.compress import (  # noqa: F401  (registration side effects)
     afm,
+    cce,
+    dhe,
     dnis,
     double_hash,
     frequency_hash,
@@ -15,8 +17,11 @@ from reccomp.compress import (  # noqa: F401  (registration side effects)
     low_rank,
     maestro,
     mixed_dim,
+    pq,
     qr,
+    robe,
     svd,
+    tt_rec,
 )
 from reccomp.compress.base import BudgetError, TableMethod
 from reccomp.compress.collection import (

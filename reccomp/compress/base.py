@@ -35,6 +35,9 @@ class TableSpec:
     """One storage table: ``rows`` x ``width``, initialized N(init_mean, std^2).
 
     ``lookups`` > 1 when several remapped id streams index the same table (a shared table).
+    ``init_power`` and ``init_gain`` scale the init: std = ``init_gain * init_std **
+    init_power`` for the spec's ``init_std``; one of k factors of a product (``tt_rec``'s
+    cores) takes power 1/k, so that the product starts at the spec's scale.
     """
 
     suffix: str
@@ -42,6 +45,8 @@ class TableSpec:
     width: int
     init_mean: float = 0.0
     lookups: int = 1
+    init_power: float = 1.0
+    init_gain: float = 1.0
 
 
 def hash_params(seed: int) -> torch.Tensor:
@@ -224,6 +229,12 @@ class TableMethod(nn.Module):
         return None
 
     # -- lookup --------------------------------------------------------------------------------
+    def embed(self, ids: torch.Tensor, lengths: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Methods without storage tables (:meth:`tables` is empty, e.g. ``dhe``) compute
+        the pooled embedding of every bag themselves: (N,) ids and (B,) bag lengths ->
+        (B, dim). Methods with tables never get this call."""
+        raise NotImplementedError("a method with storage tables is looked up, not embedded")
+
     def remap(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """(N,) int64 ids -> (N,) int64 rows, one tensor per lookup of each storage table."""
         raise NotImplementedError

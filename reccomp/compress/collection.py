@@ -39,7 +39,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
         plans: one :class:`TablePlan` per field, in KeyedJaggedTensor key order.
         dim: output width of every field.
         storage_factory: builds the storage collection from TorchRec table configs and
-            per-table init means (the fused FBGEMM collection for training).
+            per-table inits (the fused FBGEMM collection for training).
         pooling: ``sum`` or ``mean``.
 
     ``forward(KeyedJaggedTensor) -> KeyedTensor`` with keys = field names and ``dim`` columns
@@ -104,9 +104,10 @@ class CompressedEmbeddingBagCollection(nn.Module):
                 out.append((g[0], len(g), all(t.lookups == 1 for t in specs)))
         return out
 
-    def storage_configs(self) -> tuple[list[EmbeddingBagConfig], list[float]]:
-        """TorchRec configs of the storage tables (one feature per lookup) and init means,
-        in the order their pooled rows come out (see :meth:`_groups`)."""
+    def storage_configs(self) -> tuple[list[EmbeddingBagConfig], list[tuple[float, float, float]]]:
+        """TorchRec configs of the storage tables (one feature per lookup) and their inits
+        ``(mean, power, gain)`` (see :class:`TableSpec`), in the order their pooled rows come
+        out (see :meth:`_groups`)."""
         pool = PoolingType.SUM if self.pooling == "sum" else PoolingType.MEAN
         configs, means = [], []
         for first, size, slot_major in self._groups():
@@ -131,12 +132,15 @@ class CompressedEmbeddingBagCollection(nn.Module):
                         pooling=pool,
                     )
                 )
-                means.append(t.init_mean)
+                means.append((t.init_mean, t.init_power, t.init_gain))
         return configs, means
 
     def _build_storage(self) -> None:
-        configs, means = self.storage_configs()
-        self.storage = self._storage_factory(configs, means)
+        configs, inits = self.storage_configs()
+        # every field computes its own rows (dhe): no TorchRec table at all
+        self._has_storage = len(configs) > 0
+        self.storage = self._storage_factory(configs, inits) if configs else NoStorage()
+        self._direct = [len(m.tables()) == 0 for m in self.tables]
         self._storage_keys = [f for c in configs for f in c.feature_names]
         self._lookups = [sum(t.lookups for t in m.tables()) for m in self.tables]
         # remap() yields streams field by field; the storage wants them in its key order
@@ -161,7 +165,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
             self._group_size[first] = size
             self._slot_major[first] = slot_major
             widths = [t.width for t in self.tables[first].tables() for _ in range(t.lookups)]
-            self._widths[first] = widths
+            self._widths[first] = widths or [0]
             self._mixed[first] = len(set(widths)) > 1
             cols.append(size * sum(widths))
         self._split_cols = cols
@@ -195,12 +199,15 @@ class CompressedEmbeddingBagCollection(nn.Module):
             for rows, lens in m.remap_jagged(jt.values().long(), jt.lengths()):
                 streams.append(rows)
                 stream_lengths.append(lens)
-        values = [streams[j] for j in self._stream_order]
-        lengths = [stream_lengths[j] for j in self._stream_order]
-        kjt = KeyedJaggedTensor(
-            keys=self._storage_keys, values=torch.cat(values), lengths=torch.cat(lengths)
-        )
-        pooled = _in_order(self.storage(kjt), self._storage_keys)  # (B, sum of widths)
+        if self._has_storage:
+            values = [streams[j] for j in self._stream_order]
+            lengths = [stream_lengths[j] for j in self._stream_order]
+            kjt = KeyedJaggedTensor(
+                keys=self._storage_keys, values=torch.cat(values), lengths=torch.cat(lengths)
+            )
+            pooled = _in_order(self.storage(kjt), self._storage_keys)  # (B, sum of widths)
+        else:
+            pooled = torch.zeros(features.stride(), 0)  # (B, 0): every field embeds itself
         if self.detach_storage:
             pooled = pooled.detach()
         if self._passthrough:
@@ -215,7 +222,11 @@ class CompressedEmbeddingBagCollection(nn.Module):
         g = 0
         for i, m in enumerate(self.tables):
             n = self._group_size[i]  # > 0: field i leads a group of n fields
-            if n > 0:
+            if n > 0 and self._direct[i]:  # no storage rows: the method embeds the ids
+                jt = jts[self._keys[i]]
+                outs.append(m.embed(jt.values().long(), jt.lengths(), b).reshape(b, 1, self.dim))
+                g += 1
+            elif n > 0:
                 k = self._lookups[i]
                 if self._mixed[i]:
                     parts = list(torch.split(blocks[g], self._widths[i], dim=1))  # k x (B, W_j)
@@ -384,9 +395,11 @@ class CompressedEmbeddingBagCollection(nn.Module):
         >>> scripted = torch.jit.script(collection.to_serving())  # doctest: +SKIP
         """
         configs, _ = self.storage_configs()
-        plain = EmbeddingBagCollection(tables=configs, device=torch.device("cpu"))
-        src = {k: v for k, v in self.storage.state_dict().items()}
-        plain.load_state_dict({k: v.detach().cpu() for k, v in src.items()})
+        plain: nn.Module = NoStorage()
+        if configs:
+            plain = EmbeddingBagCollection(tables=configs, device=torch.device("cpu"))
+            src = {k: v for k, v in self.storage.state_dict().items()}
+            plain.load_state_dict({k: v.detach().cpu() for k, v in src.items()})
         storage, self.storage = self.storage, nn.Identity()  # don't deep-copy FBGEMM state
         factory, self._storage_factory = self._storage_factory, None
         try:
@@ -395,6 +408,14 @@ class CompressedEmbeddingBagCollection(nn.Module):
             self.storage, self._storage_factory = storage, factory
         out.storage = plain
         return out.eval()
+
+
+class NoStorage(nn.Module):
+    """The storage of a collection whose every field computes its rows itself (``dhe``):
+    no table, nothing to look up, shard or quantize."""
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        return KeyedTensor(keys=[], length_per_key=[], values=torch.zeros(features.stride(), 0))
 
 
 def _in_order(kt: KeyedTensor, keys: list[str]) -> torch.Tensor:
@@ -415,8 +436,8 @@ def build_collection(
     """The collection of ``spec.method`` for ``schema``; fitted now if ``data`` is given."""
     from reccomp.modules.embedding import fused_collection
 
-    def factory(configs: list[EmbeddingBagConfig], means: list[float]) -> nn.Module:
-        return fused_collection(configs, spec, device, init_means=means)
+    def factory(configs: list[EmbeddingBagConfig], inits: list[tuple[float, float, float]]):
+        return fused_collection(configs, spec, device, inits=inits)
 
     coll = CompressedEmbeddingBagCollection(
         plan_tables(schema, spec), spec.dim, factory, spec.pooling

@@ -198,6 +198,12 @@ def refuse_unshardable(coll: nn.Module) -> None:
             f"{', '.join(names)} rebuilds its storage tables between its search and training "
             "phases, which a sharded model cannot follow: train it in one process"
         )
+    if not getattr(coll, "_has_storage", True):
+        names = sorted({m.config.name for m in coll.tables})
+        raise ShardingError(
+            f"{', '.join(names)}: no field of this collection has a storage table, so there "
+            "is nothing to shard: train it in one process"
+        )
     if getattr(coll, "post_training", False):
         raise ShardingError("post-training methods are built by reccomp compress, not trained")
 

@@ -30,6 +30,8 @@ from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from reccomp.compress.collection import NoStorage
+
 QUANTIZE = ("none", "fp16", "int8", "int4")
 _DTYPES = {"fp16": torch.float16, "int8": torch.qint8, "int4": torch.quint4x2}
 ROW_ALIGNMENT = 16  # FBGEMM's IntNBit tables pad every row to this many bytes
@@ -87,6 +89,8 @@ def quantize_storage(collection: nn.Module, quantize: str) -> dict[str, str]:
     from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEBC
 
     storage = collection.storage
+    if isinstance(storage, NoStorage):  # no table (dhe): nothing to quantize
+        return {}
     if not isinstance(storage, EmbeddingBagCollection):
         raise TypeError(f"quantize a serving copy (to_serving()), not {type(storage).__name__}")
     configs = storage.embedding_bag_configs()

@@ -151,10 +151,11 @@ def fused_collection(
     spec: EmbeddingSpec,
     device: torch.device | None = None,
     seed: int = 0,
-    init_means: list[float] | None = None,
+    inits: list[tuple[float, float, float]] | None = None,
 ) -> FusedEmbeddingBagCollection:
-    """FBGEMM-backed collection with the spec's fused optimizer and a seeded init:
-    table ``i`` starts as N(init_means[i], init_std^2) (mean 0 by default)."""
+    """FBGEMM-backed collection with the spec's fused optimizer and a seeded init: table
+    ``i`` with ``inits[i] = (mean, power, gain)`` starts as N(mean, (gain * std^power)^2),
+    std the spec's ``init_std`` (default ``(0, 1, 1)``: N(0, init_std^2))."""
     ebc = FusedEmbeddingBagCollection(
         tables=tables,
         optimizer_type=SPARSE_OPTIMIZERS[spec.optimizer],
@@ -163,10 +164,12 @@ def fused_collection(
     )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        means = init_means or [0.0] * len(tables)
-        for (_, weight), cfg, mean in zip(ebc.named_parameters(), tables, means, strict=True):
+        inits = inits or [(0.0, 1.0, 1.0)] * len(tables)
+        for (_, weight), cfg, (mean, power, gain) in zip(
+            ebc.named_parameters(), tables, inits, strict=True
+        ):
             std = spec.init_std if spec.init_std is not None else 1.0 / math.sqrt(cfg.embedding_dim)
-            w = torch.randn(weight.shape, generator=gen) * std + mean
+            w = torch.randn(weight.shape, generator=gen) * (gain * std**power) + mean
             weight.copy_(w.to(weight.device))
         # write the optimizer state once so its pages are mapped now, not on the first steps
         for state in ebc.fused_optimizer().state.values():

@@ -1,0 +1,1 @@
+"""Placeholder: the method is being written (not registered yet)."""
