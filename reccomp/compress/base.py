@@ -38,6 +38,10 @@ class TableSpec:
     ``init_power`` and ``init_gain`` scale the init: std = ``init_gain * init_std **
     init_power`` for the spec's ``init_std``; one of k factors of a product (``tt_rec``'s
     cores) takes power 1/k, so that the product starts at the spec's scale.
+    ``shared``: the specs of several fields with one non-empty ``shared`` name are *one*
+    TorchRec table (``robe``'s array) named so: ``rows`` is this field's share, the table
+    has the sum of the shares, and the collection tells every member that sum
+    (:meth:`TableMethod.set_shared_rows`) before its first remap.
     """
 
     suffix: str
@@ -47,6 +51,7 @@ class TableSpec:
     lookups: int = 1
     init_power: float = 1.0
     init_gain: float = 1.0
+    shared: str = ""
 
 
 def hash_params(seed: int) -> torch.Tensor:
@@ -122,6 +127,10 @@ class TableMethod(nn.Module):
     searching = False
     search_lr = 0.0  # Adam learning rate of search_parameters() (validation batches)
     phase = ""  # saved in checkpoints; "" for one-phase methods
+    # periodic re-clustering (cce): after every ``recluster_every``-th training step, up to
+    # ``recluster_times`` times, the collection rewrites the table with :meth:`recluster`
+    recluster_every = 0
+    recluster_times = 0
 
     def __init__(
         self,
@@ -184,6 +193,11 @@ class TableMethod(nn.Module):
     def memory_bytes(self) -> int:
         return self.map_bytes() + sum(self.table_bytes_stored(t) for t in self.tables())
 
+    def set_shared_rows(self, name: str, rows: int) -> None:
+        """The shared storage table ``name`` (a :class:`TableSpec` ``shared`` name of this
+        field) has ``rows`` rows over all its member fields. Called by the collection
+        whenever it builds its storage, from the plans alone (a checkpoint rebuilds it)."""
+
     def resize(self, rows: list[int], widths: list[int] | None = None) -> None:
         """Set storage rows (and widths, for methods whose data decides them): a checkpoint
         of a data-sized table restores them this way."""
@@ -221,6 +235,19 @@ class TableMethod(nn.Module):
         per old storage table, (rows, width) or (rows,)) -> the new tables' state."""
         raise NotImplementedError(f"{self.config.name} has a single phase")
 
+    def recluster_due(self, step: int) -> bool:
+        """Whether :meth:`recluster` runs after global training step ``step`` (1-based)."""
+        every = self.recluster_every
+        return (
+            every > 0 and step > 0 and step % every == 0 and step // every <= self.recluster_times
+        )
+
+    def recluster(self, weights: list[torch.Tensor], step: int) -> list[torch.Tensor]:
+        """Re-fit during training from the current storage rows (:meth:`tables` order) to new
+        rows of the same shapes; id maps and hash parameters change in place (buffers:
+        checkpoints keep them)."""
+        raise NotImplementedError(f"{self.config.name} does not re-cluster")
+
     def set_phase(self, phase: str, widths: list[int]) -> None:
         """Restore a checkpoint's phase (shapes only; one-phase methods have nothing to do)."""
 
@@ -234,6 +261,18 @@ class TableMethod(nn.Module):
         the pooled embedding of every bag themselves: (N,) ids and (B,) bag lengths ->
         (B, dim). Methods with tables never get this call."""
         raise NotImplementedError("a method with storage tables is looked up, not embedded")
+
+    def embed_group(
+        self,
+        values: list[torch.Tensor],
+        lengths: list[torch.Tensor],
+        params: list[torch.Tensor],
+        batch_size: int,
+    ) -> torch.Tensor:
+        """:meth:`embed` for a group of n fields with equal :meth:`decode_signature` (their
+        ids, bag lengths and :meth:`group_param`) -> (B, n, dim). Default: a group of one
+        (the default signature of a method without tables names its field)."""
+        return self.embed(values[0], lengths[0], batch_size).unsqueeze(1)
 
     def remap(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """(N,) int64 ids -> (N,) int64 rows, one tensor per lookup of each storage table."""
@@ -251,6 +290,8 @@ class TableMethod(nn.Module):
     def decode_signature(self) -> tuple:
         """Fields with equal signatures decode as one stacked block (same code, same shapes)."""
         shapes = tuple((t.width, t.lookups) for t in self.tables())
+        if not shapes:  # embedded, not looked up: alone unless the method groups (embed_group)
+            return (type(self).__name__, self.field)
         return (type(self).__name__, shapes, getattr(self.config, "combiner", None))
 
     def group_param(self) -> torch.Tensor:

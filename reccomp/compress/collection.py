@@ -26,7 +26,13 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from reccomp.compress.base import BYTES_PER_VALUE, BudgetError, TableMethod, field_seed
+from reccomp.compress.base import (
+    BYTES_PER_VALUE,
+    BudgetError,
+    TableMethod,
+    TableSpec,
+    field_seed,
+)
 from reccomp.compress.planning import TablePlan, plan_tables
 from reccomp.compress.registry import METHODS
 from reccomp.data.schema import Schema
@@ -98,62 +104,93 @@ class CompressedEmbeddingBagCollection(nn.Module):
         out = []
         for g in groups:
             specs = self.tables[g[0]].tables()
-            if len({t.width for t in specs}) != 1:
+            if not specs:  # no storage (dhe): the group embeds its ids in one call
+                out.append((g[0], len(g), False))
+            elif len({t.width for t in specs}) != 1:
                 out += [(i, 1, False) for i in g]  # mixed widths: split, not reshaped
             else:
                 out.append((g[0], len(g), all(t.lookups == 1 for t in specs)))
         return out
 
-    def storage_configs(self) -> tuple[list[EmbeddingBagConfig], list[tuple[float, float, float]]]:
-        """TorchRec configs of the storage tables (one feature per lookup) and their inits
-        ``(mean, power, gain)`` (see :class:`TableSpec`), in the order their pooled rows come
-        out (see :meth:`_groups`)."""
-        pool = PoolingType.SUM if self.pooling == "sum" else PoolingType.MEAN
-        configs, means = [], []
+    def _slots(self) -> list[tuple[int, int]]:
+        """(field, storage table) pairs in the order the decodes read their pooled rows
+        (see :meth:`_groups`)."""
+        out = []
         for first, size, slot_major in self._groups():
             fields = list(range(first, first + size))
             ntab = len(self.tables[first].tables())
-            order = (
+            out += (
                 [(i, j) for j in range(ntab) for i in fields]
                 if slot_major
                 else [(i, j) for i in fields for j in range(ntab)]
             )
-            for i, j in order:
-                m = self.tables[i]
-                t = m.tables()[j]
-                name = f"{m.field}{t.suffix}"
-                feats = [name] if t.lookups == 1 else [f"{name}#{k}" for k in range(t.lookups)]
-                configs.append(
-                    EmbeddingBagConfig(
-                        name=name,
-                        embedding_dim=t.width,
-                        num_embeddings=t.rows,
-                        feature_names=feats,
-                        pooling=pool,
-                    )
+        return out
+
+    def storage_configs(self) -> tuple[list[EmbeddingBagConfig], list[tuple[float, float, float]]]:
+        """TorchRec configs of the storage tables (one feature per lookup) and their inits
+        ``(mean, power, gain)`` (see :class:`TableSpec`), in the order their pooled rows come
+        out (see :meth:`_groups`). A table several fields share (``TableSpec.shared``) is one
+        config at its first member's place, with every member's features and the sum of
+        their rows."""
+        pool = PoolingType.SUM if self.pooling == "sum" else PoolingType.MEAN
+        # table name -> its first member's spec, every member's features, the members
+        tables: dict[str, tuple[TableSpec, list[str], list[str]]] = {}
+        rows: dict[str, int] = {}
+        for i, j in self._slots():
+            m = self.tables[i]
+            t = m.tables()[j]
+            name = storage_name(m.field, t)
+            if name not in tables:
+                tables[name], rows[name] = (t, [], []), 0
+            first, feats, fields = tables[name]
+            if fields and not (t.shared and first.shared):  # a field's table, not a shared one
+                raise ValueError(f"fields {fields[0]!r} and {m.field!r} both name a table {name!r}")
+            if (t.width, t.init_mean, t.init_power, t.init_gain) != (
+                first.width, first.init_mean, first.init_power, first.init_gain
+            ):  # fmt: skip
+                raise ValueError(
+                    f"fields {fields[0]!r} and {m.field!r} share table {name!r} but differ in "
+                    f"width or init ({first} vs {t})"
                 )
-                means.append((t.init_mean, t.init_power, t.init_gain))
+            feats += feature_names(m.field, t)
+            fields.append(m.field)
+            rows[name] += t.rows
+        configs = [
+            EmbeddingBagConfig(name=name, embedding_dim=t.width, num_embeddings=rows[name],
+                               feature_names=feats, pooling=pool)
+            for name, (t, feats, _) in tables.items()
+        ]  # fmt: skip
+        means = [(t.init_mean, t.init_power, t.init_gain) for t, _, _ in tables.values()]
         return configs, means
 
     def _build_storage(self) -> None:
         configs, inits = self.storage_configs()
+        # members of a shared table hash into all of it: they learn its size before a remap
+        totals = {c.name: c.num_embeddings for c in configs}
+        for m in self.tables:
+            for t in m.tables():
+                if t.shared:
+                    m.set_shared_rows(t.shared, totals[t.shared])
         # every field computes its own rows (dhe): no TorchRec table at all
         self._has_storage = len(configs) > 0
         self.storage = self._storage_factory(configs, inits) if configs else NoStorage()
         self._direct = [len(m.tables()) == 0 for m in self.tables]
         self._storage_keys = [f for c in configs for f in c.feature_names]
+        # the decodes' order; it differs from the storage's only where fields share a table
+        self._layout_keys = [
+            f for i, j in self._slots()
+            for f in feature_names(self.tables[i].field, self.tables[i].tables()[j])
+        ]  # fmt: skip
         self._lookups = [sum(t.lookups for t in m.tables()) for m in self.tables]
         # remap() yields streams field by field; the storage wants them in its key order
         first_stream = [sum(self._lookups[:i]) for i in range(len(self.tables))]
         index = {}
         for i, m in enumerate(self.tables):
-            s = 0
-            for t in m.tables():
-                for k in range(t.lookups):
-                    suffix = "" if t.lookups == 1 else f"#{k}"
-                    index[f"{m.field}{t.suffix}{suffix}"] = first_stream[i] + s
-                    s += 1
+            feats = [f for t in m.tables() for f in feature_names(m.field, t)]
+            index.update({f: first_stream[i] + s for s, f in enumerate(feats)})
         self._stream_order = [index[k] for k in self._storage_keys]
+        if not configs:  # (dhe) unread, but never empty: TorchScript types a list by its elements
+            self._storage_keys, self._layout_keys, self._stream_order = [""], [""], [0]
         self._group_size = [0] * len(self.tables)
         self._slot_major = [False] * len(self.tables)
         # per field: are its lookups' widths mixed (split the block), and those widths
@@ -205,7 +242,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
             kjt = KeyedJaggedTensor(
                 keys=self._storage_keys, values=torch.cat(values), lengths=torch.cat(lengths)
             )
-            pooled = _in_order(self.storage(kjt), self._storage_keys)  # (B, sum of widths)
+            pooled = _in_order(self.storage(kjt), self._layout_keys)  # (B, sum of widths)
         else:
             pooled = torch.zeros(features.stride(), 0)  # (B, 0): every field embeds itself
         if self.detach_storage:
@@ -223,8 +260,10 @@ class CompressedEmbeddingBagCollection(nn.Module):
         for i, m in enumerate(self.tables):
             n = self._group_size[i]  # > 0: field i leads a group of n fields
             if n > 0 and self._direct[i]:  # no storage rows: the method embeds the ids
-                jt = jts[self._keys[i]]
-                outs.append(m.embed(jt.values().long(), jt.lengths(), b).reshape(b, 1, self.dim))
+                vals = [jts[self._keys[j]].values().long() for j in range(i, i + n)]
+                lens = [jts[self._keys[j]].lengths() for j in range(i, i + n)]
+                emb = m.embed_group(vals, lens, params[i : i + n], b)  # (B, n, dim)
+                outs.append(emb.reshape(b, n, self.dim))
                 g += 1
             elif n > 0:
                 k = self._lookups[i]
@@ -332,7 +371,7 @@ class CompressedEmbeddingBagCollection(nn.Module):
         new_state: dict[str, list[torch.Tensor]] = {}
         for m in self.tables:
             if m.searching:
-                names = [f"{m.field}{t.suffix}" for t in m.tables()]
+                names = [storage_name(m.field, t) for t in m.tables()]
                 new.update(zip(names, m.advance([old[n] for n in names]), strict=True))
                 states = [old_state.get(n, []) for n in names]
                 for j in range(min(len(s) for s in states)):  # one kind of state at a time
@@ -349,6 +388,38 @@ class CompressedEmbeddingBagCollection(nn.Module):
                     if t.shape == s.shape:
                         t.copy_(s.to(t.device))
         return self.describe()
+
+    # -- periodic re-clustering (cce; see reccomp.compress.phases.ReclusterCallback) -----------
+    def reclusters(self) -> bool:
+        """Some table rewrites its rows and id maps during training (a method, not a property:
+        TorchScript compiles properties)."""
+        return any(m.recluster_every > 0 and m.recluster_times > 0 for m in self.tables)
+
+    def recluster_due(self, step: int) -> bool:
+        return any(m.recluster_due(step) for m in self.tables)
+
+    def recluster(self, step: int) -> list[str]:
+        """Re-cluster the tables due after training step ``step`` from their current rows;
+        returns their fields. Storage keeps its shapes (rows are rewritten in place).
+        A rewritten table's optimizer state restarts at its mean: its rows now stand for other
+        ids, and zero Adagrad sums would make every row's next step full-size."""
+        from reccomp.compress.transform import optimizer_states, storage_weights
+
+        weights, states = storage_weights(self), optimizer_states(self)
+        done = []
+        for m in self.tables:
+            if not m.recluster_due(step):
+                continue
+            names = [storage_name(m.field, t) for t in m.tables()]
+            old = [weights[n].detach().float().cpu().clone() for n in names]
+            new = m.recluster(old, step)
+            with torch.no_grad():
+                for n, w in zip(names, new, strict=True):
+                    weights[n].copy_(w.to(weights[n].device, weights[n].dtype))
+                    for s in states.get(n, []):
+                        s.fill_(float(s.float().mean()))
+            done.append(m.field)
+        return done
 
     def _shapes(self) -> tuple[list[list[int]], list[list[int]]]:
         return [list(m.rows) for m in self.tables], [
@@ -418,6 +489,43 @@ class NoStorage(nn.Module):
         return KeyedTensor(keys=[], length_per_key=[], values=torch.zeros(features.stride(), 0))
 
 
+def storage_name(field: str, t: TableSpec) -> str:
+    """The TorchRec table holding storage table ``t`` of ``field``: the field's name and the
+    spec's suffix (``user``, ``user:q``), or the name of a table several fields share
+    (``t.shared``). Every storage table is named through here.
+
+    >>> storage_name("user", TableSpec(":q", 10, 4))
+    'user:q'
+    >>> storage_name("user", TableSpec("", 10, 4, shared="robe"))
+    'robe'
+    """
+    return t.shared or f"{field}{t.suffix}"
+
+
+def feature_names(field: str, t: TableSpec) -> list[str]:
+    """The storage features of ``field``'s lookups into ``t``: ``FIELD`` and the suffix, plus
+    ``#k`` per lookup when there are several. Always the field's own, so a shared table has
+    distinct features of each member."""
+    name = f"{field}{t.suffix}"
+    return [name] if t.lookups == 1 else [f"{name}#{k}" for k in range(t.lookups)]
+
+
+def table_fields(config: EmbeddingBagConfig) -> list[str]:
+    """The fields whose rows storage table ``config`` holds (several for a shared table),
+    read from its feature names (see :func:`feature_names`; field names hold no ``:``/``#``).
+
+    >>> table_fields(EmbeddingBagConfig(num_embeddings=8, embedding_dim=4, name="robe",
+    ...                                 feature_names=["a#0", "a#1", "b:q"]))
+    ['a', 'b']
+    """
+    out: list[str] = []
+    for f in config.feature_names:
+        field = f.split("#")[0].split(":")[0]
+        if field not in out:
+            out.append(field)
+    return out
+
+
 def _in_order(kt: KeyedTensor, keys: list[str]) -> torch.Tensor:
     """The pooled rows of ``keys``, side by side in that order. A sharded or quantized
     storage may return its tables in another order (grouped by rank or data type): read by
@@ -453,5 +561,8 @@ __all__ = [
     "CompressedEmbeddingBagCollection",
     "TablePlan",
     "build_collection",
+    "feature_names",
     "plan_tables",
+    "storage_name",
+    "table_fields",
 ]

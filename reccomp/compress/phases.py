@@ -7,6 +7,9 @@ each training step (first-order bi-level optimization; the tables' rows are not 
 validation data), and when epoch ``search_epochs`` starts it prunes the collection
 (``collection.advance_phase()``), rebuilds the optimizers, prints the searched widths and
 resets checkpointing and early stopping so they only ever see the pruned model.
+
+:class:`ReclusterCallback` is added when some table re-clusters itself during training
+(``collection.reclusters()``, e.g. ``cce``).
 """
 
 from __future__ import annotations
@@ -113,3 +116,19 @@ class PhaseCallback(Callback):
 def _worst(mode: str) -> torch.Tensor:
     """The score every result beats (what checkpointing and early stopping start from)."""
     return torch.tensor(float("inf") if mode == "min" else -float("inf"))
+
+
+class ReclusterCallback(Callback):
+    """Periodic re-clustering (``cce``): after each training step the collection's tables
+    that are due (:meth:`~reccomp.compress.base.TableMethod.recluster_due`, by Lightning's
+    global step, which a resumed run restores) rebuild their rows and id maps from the
+    embeddings the model sees now. Storage keeps its shapes, so the optimizers stay as they
+    are; the steps at which each field was re-clustered go to its ``describe()`` stats."""
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        coll = pl_module.embeddings
+        step = trainer.global_step
+        if coll.recluster_due(step):
+            coll.recluster(step)

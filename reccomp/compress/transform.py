@@ -27,6 +27,7 @@ from reccomp.compress.collection import (
     CompressedEmbeddingBagCollection,
     build_collection,
     plan_tables,
+    storage_name,
 )
 from reccomp.data.schema import Schema
 
@@ -91,7 +92,8 @@ def trained_tables(
     weights = storage_weights(coll)
     out = {}
     for m in coll.tables:
-        w = [weights[f"{m.field}{t.suffix}"].detach().float().cpu() for t in m.tables()]
+        # a shared table (robe's array) comes whole, for each of its fields
+        w = [weights[storage_name(m.field, t)].detach().float().cpu() for t in m.tables()]
         imp = None if importance is None else importance.get(m.field)
         cnt = None if counts is None else counts.get(m.field)
         out[m.field] = TrainedTable(m, w, materialize(coll, m.field), imp, cnt)
@@ -118,7 +120,7 @@ def compress_collection(
         for m in target.tables:
             rows = m.from_trained(src[m.field])
             for t, w in zip(m.tables(), rows, strict=True):
-                dst = weights[f"{m.field}{t.suffix}"]
+                dst = weights[storage_name(m.field, t)]
                 if tuple(w.shape) != tuple(dst.shape):
                     raise ValueError(f"{m.field}: {spec.method} gave {tuple(w.shape)} rows, "
                                      f"the table is {tuple(dst.shape)}")  # fmt: skip

@@ -39,6 +39,7 @@ from torchrec.distributed.sharding_plan import (
 )
 from torchrec.distributed.types import ShardingPlan, ShardingType
 
+from reccomp.compress.collection import table_fields
 from reccomp.modules.embedding import SHARDING_TYPES
 
 FUSED = EmbeddingComputeKernel.FUSED.value
@@ -101,7 +102,7 @@ def plan_storage(
 
 def _table_types(storage: nn.Module, sharding: str, overrides: dict[str, str]) -> dict[str, str]:
     """Storage table name -> sharding type ('' = left to the planner)."""
-    tables = [c.name for c in storage.embedding_bag_configs()]
+    configs = storage.embedding_bag_configs()
     unknown = [f for f, t in overrides.items() if t not in SHARDING_TYPES[1:]]
     if unknown:
         raise ShardingError(
@@ -109,10 +110,16 @@ def _table_types(storage: nn.Module, sharding: str, overrides: dict[str, str]) -
             f"known: {SHARDING_TYPES[1:]}"
         )
     out = {}
-    for t in tables:
-        # a field's storage tables are named FIELD or FIELD:suffix (qr's FIELD:q, FIELD:r)
-        field = t.split(":")[0]
-        out[t] = overrides.get(field, "" if sharding == "auto" else sharding)
+    for c in configs:
+        # a table holds one field's rows, or several fields' (a shared table: robe's array)
+        fields = table_fields(c)
+        chosen = sorted({overrides[f] for f in fields if f in overrides})
+        if len(chosen) > 1:
+            raise ShardingError(
+                f"fields {fields} share storage table {c.name!r}: give them one sharding, "
+                f"got {chosen}"
+            )
+        out[c.name] = chosen[0] if chosen else ("" if sharding == "auto" else sharding)
     if sharding == "auto" and any(out.values()):
         # overrides with auto: the rest goes table-wise, spread over ranks by size
         out = {t: s or "table_wise" for t, s in out.items()}

@@ -206,6 +206,14 @@ def refuse_unshardable(coll: nn.Module) -> None:
         )
     if getattr(coll, "post_training", False):
         raise ShardingError("post-training methods are built by reccomp compress, not trained")
+    reclusters = getattr(coll, "reclusters", None)
+    if callable(reclusters) and reclusters():
+        names = sorted({m.config.name for m in coll.tables if m.recluster_every > 0})
+        raise ShardingError(
+            f"{', '.join(names)} re-clusters its tables during training from every id's "
+            "embedding, which needs all rows in one place (a sharded table holds a part of "
+            "them on each rank): train it in one process"
+        )
 
 
 def same_fit_everywhere(coll: nn.Module) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reccomp.compress.collection import storage_name
 from reccomp.export.fields import field_specs
 from reccomp.export.program import (
     example_inputs,
@@ -113,7 +114,7 @@ def _storage_tables(collection: nn.Module, dtypes: dict[str, str]) -> list[dict[
     rows = []
     for m in collection.tables:
         for t in m.tables():
-            name = f"{m.field}{t.suffix}"
+            name = storage_name(m.field, t)  # rows, bytes: this field's share of a shared table
             rows.append(
                 {
                     "name": name,
@@ -168,7 +169,7 @@ def write_artifact(
     collection = prog.model.embeddings
     tables = []
     for row, m in zip(collection.describe(), collection.tables, strict=True):
-        names = [f"{m.field}{t.suffix}" for t in m.tables()]
+        names = [storage_name(m.field, t) for t in m.tables()]
         row["dtype"] = sorted({dtypes[n] for n in names})
         tables.append(row)
     storage = _storage_tables(collection, dtypes)

@@ -30,7 +30,7 @@ from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from reccomp.compress.collection import NoStorage
+from reccomp.compress.collection import NoStorage, storage_name
 
 QUANTIZE = ("none", "fp16", "int8", "int4")
 _DTYPES = {"fp16": torch.float16, "int8": torch.qint8, "int4": torch.quint4x2}
@@ -114,11 +114,13 @@ def quantize_storage(collection: nn.Module, quantize: str) -> dict[str, str]:
     else:
         dtypes = dict.fromkeys(gains, "fp32")
     spans = _table_spans(collection.storage)
+    rows = {c.name: c.num_embeddings for c in collection.storage.embedding_bag_configs()}
     for m in collection.tables:
+        # a field of a shared table (robe's array) holds its share of the table's rows
         m.storage_bytes = {
-            t.suffix: spans[f"{m.field}{t.suffix}"]
+            t.suffix: spans[name] * t.rows // rows[name]
             for t in m.tables()
-            if f"{m.field}{t.suffix}" in spans
+            if (name := storage_name(m.field, t)) in spans
         }
     return dtypes
 

@@ -251,6 +251,11 @@ class RecTask(pl.LightningModule):
             from reccomp.compress.phases import PhaseCallback
 
             cbs.append(PhaseCallback())  # after EarlyStopping: it may undo its stop
+        reclusters = getattr(self.embeddings, "reclusters", None)
+        if callable(reclusters) and reclusters():
+            from reccomp.compress.phases import ReclusterCallback
+
+            cbs.append(ReclusterCallback())
         return cbs
 
     def _checkpoint(self) -> ModelCheckpoint:

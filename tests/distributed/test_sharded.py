@@ -49,7 +49,7 @@ def test_every_method_trains_sharded_as_in_one_process_or_refuses(
     method, options = case
     r = contract_results[f"{method}{options or ''}"]
     coll = build(method, options)
-    if coll.post_training or coll.search_epochs:
+    if coll.post_training or coll.search_epochs or coll.reclusters():
         assert "refused" in r, f"{method} neither trains sharded nor refuses"
         assert ("reccomp compress" in r["refused"]) or ("one process" in r["refused"])
         return
