@@ -13,7 +13,7 @@ from reccomp.bench.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_DOC = ROOT / "docs" / "benchmarks.md"
-GRIDS = ["ml-1m-ctr", "ml-1m-retrieval", "synthetic-criteo"]
+GRIDS = ["ml-1m-ctr", "ml-1m-retrieval", "synthetic-criteo", "synthetic-criteo-extreme"]
 
 
 def _doc_section(name: str) -> str:
