@@ -329,6 +329,12 @@ def top_ids(counts: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[:k])
 
 
+def power_weight(num_embeddings: int, dim: int, power: float) -> float:
+    """A table's budget weight ``rows ** power`` (in full-table units at power 1): power 0
+    shares a budget equally between tables, 1 in proportion to their full size."""
+    return float(num_embeddings) ** power * dim * BYTES_PER_VALUE
+
+
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -344,6 +350,7 @@ __all__ = [
     "hash_params",
     "in_range",
     "index_dtype",
+    "power_weight",
     "top_ids",
     "universal_hash",
 ]

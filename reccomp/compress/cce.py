@@ -16,7 +16,7 @@ The learned pointers are counted in the bytes. A dense map (every id) costs at l
 found by binary search, as in ``frequency_hash``; pointers in ``ptr_``, one byte each up to
 256 rows); every other id keeps hashed pointers. The budget is split between the maps
 (``learned_share``) and the rows. Across tables it is shared equally by default
-(``weight_power`` 0), not by full size: the ids worth their own embedding are the frequent
+(``budget_power`` 0), not by full size: the ids worth their own embedding are the frequent
 ones, and a Zipf-like field has about as many of those whether it has 3k values or 60k.
 
 Re-clustering is a training hook (:class:`reccomp.compress.phases.ReclusterCallback`,
@@ -42,6 +42,7 @@ from reccomp.compress.base import (
     field_seed,
     hash_params,
     index_dtype,
+    power_weight,
     top_ids,
     universal_hash,
 )
@@ -67,7 +68,7 @@ class CCEConfig(MethodConfig):
             hash of the frequent ids' hashed pointers).
         cluster_times: how many re-clusterings (the paper clusters a few times early on).
         kmeans_iters: Lloyd iterations per column and re-clustering.
-        weight_power: across tables the budget goes by ``rows ** weight_power``: 0 (default)
+        budget_power: across tables the budget goes by ``rows ** budget_power``: 0 (default)
             gives every table an equal share (the ids that need their own embedding are the
             frequent ones, about as many in a large table as in a mid-sized one); 1 shares by
             full size, as most methods do.
@@ -80,13 +81,12 @@ class CCEConfig(MethodConfig):
     cluster_every: int = 50
     cluster_times: int = 3
     kmeans_iters: int = 20
-    weight_power: float = 0.0
+    budget_power: float = 0.0
     size_options: ClassVar[tuple[str, ...]] = ("num_rows", "num_learned")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if (self.num_rows is None) != (self.num_learned is None):
-            raise ValueError("cce: give both num_rows and num_learned, or neither")
+        self.require_together("num_rows", "num_learned")
         if self.num_rows is not None and (self.num_rows < 1 or self.num_learned < 0):
             raise ValueError("cce: num_rows must be >= 1, num_learned >= 0")
         if self.columns < 1:
@@ -95,8 +95,8 @@ class CCEConfig(MethodConfig):
             raise ValueError("cce: learned_share must be in [0, 1)")
         if self.cluster_every < 0 or self.cluster_times < 0 or self.kmeans_iters < 1:
             raise ValueError("cce: cluster_every, cluster_times >= 0 and kmeans_iters >= 1")
-        if self.weight_power < 0:
-            raise ValueError("cce: weight_power must be >= 0")
+        if self.budget_power < 0:
+            raise ValueError("cce: budget_power must be >= 0")
 
 
 def _width(dim: int, columns: int) -> int:
@@ -174,7 +174,7 @@ class CCETable(TableMethod):
 
     @classmethod
     def budget_weight(cls, num_embeddings: int, dim: int, config: MethodConfig) -> float:
-        return float(num_embeddings) ** config.weight_power * dim * BYTES_PER_VALUE
+        return power_weight(num_embeddings, dim, config.budget_power)
 
     @classmethod
     def fit_budget(cls, num_embeddings, dim, config, budget_bytes):

@@ -32,6 +32,7 @@ from reccomp.compress.base import (
     TableSpec,
     field_seed,
     hash_params,
+    power_weight,
 )
 from reccomp.compress.registry import MethodConfig, register
 
@@ -75,8 +76,7 @@ class DHEConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if (self.num_hashes is None) != (self.hidden is None):
-            raise ValueError("dhe: give both num_hashes and hidden, or neither")
+        self.require_together("num_hashes", "hidden")
         if self.hidden is not None and (self.hidden < 1 or self.num_hashes < 1):
             raise ValueError("dhe: num_hashes and hidden must be >= 1")
         if self.layers < 1:
@@ -161,7 +161,7 @@ class DHETable(TableMethod):
 
     @classmethod
     def budget_weight(cls, num_embeddings: int, dim: int, config: MethodConfig) -> float:
-        return float(num_embeddings) ** config.budget_power * dim * BYTES_PER_VALUE
+        return power_weight(num_embeddings, dim, config.budget_power)
 
     @classmethod
     def fit_budget(cls, num_embeddings, dim, config, budget_bytes):

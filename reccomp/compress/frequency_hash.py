@@ -49,8 +49,7 @@ class FrequencyHashConfig(MethodConfig):
         super().__post_init__()
         if not 0.0 <= self.frequent_share < 1.0:
             raise ValueError("frequency_hash: frequent_share must be in [0, 1)")
-        if (self.num_frequent is None) != (self.num_buckets is None):
-            raise ValueError("frequency_hash: give both num_frequent and num_buckets, or neither")
+        self.require_together("num_frequent", "num_buckets")
         if self.num_buckets is not None and (self.num_buckets < 1 or self.num_frequent < 0):
             raise ValueError("frequency_hash: num_buckets must be >= 1, num_frequent >= 0")
 

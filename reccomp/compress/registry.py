@@ -44,6 +44,11 @@ class MethodConfig:
         if self.version != 1:
             raise ValueError(f"{self.name}: options version {self.version} is not supported (1)")
 
+    def require_together(self, a: str, b: str) -> None:
+        """Two size options that only make sense together: both given, or neither."""
+        if (getattr(self, a) is None) != (getattr(self, b) is None):
+            raise ValueError(f"{self.name}: give both {a} and {b}, or neither")
+
     def sized_explicitly(self) -> bool:
         return any(getattr(self, k) is not None for k in self.size_options)
 
